@@ -5,7 +5,7 @@ import warnings
 
 from highpeaks_ml.v1 import predict_pb2 as highpeaks__ml_dot_v1_dot_predict__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

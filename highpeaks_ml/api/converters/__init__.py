@@ -1,0 +1,1 @@
+"""proto <-> domain conversion, one module per service area."""

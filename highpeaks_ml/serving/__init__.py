@@ -1,0 +1,1 @@
+"""onnxruntime sessions, execution-provider choice, session cache, input validation, batching."""

@@ -1,0 +1,1 @@
+"""Algorithm catalogue, datasets, and fit -> evaluate -> export -> verify, in worker processes."""
