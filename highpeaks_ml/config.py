@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "HIGHPEAKS_ML_"
@@ -33,6 +33,24 @@ class LogFormat(enum.StrEnum):
 
     TEXT = "text"
     JSON = "json"
+
+
+class AuthMode(enum.StrEnum):
+    """Whether RPCs need a bearer token."""
+
+    OFF = "off"
+    JWT = "jwt"
+
+
+#: JWT algorithms the server can verify (``none`` is never one of them).
+JWT_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+    | {"HS256", "HS384", "HS512"}
+)
+
+
+class ConfigError(Exception):
+    """A setting that parses but cannot be used (an unreadable key or certificate file)."""
 
 
 class GraphOptimization(enum.StrEnum):
@@ -129,6 +147,43 @@ class Settings(BaseSettings):
         512 * 1024 * 1024, ge=1, description="Largest imported ONNX model (bytes)."
     )
 
+    # --- security ----------------------------------------------------------
+    auth_mode: AuthMode = Field(
+        AuthMode.OFF,
+        description="`off` (no token; loopback development only) or `jwt` (bearer JWT, scopes).",
+    )
+    jwt_algorithms: str = Field(
+        "RS256,ES256",
+        description="Comma-separated JWT algorithms accepted; HS256 only when listed here.",
+    )
+    jwt_public_key_file: Path | None = Field(
+        None, description="PEM public key that verifies RS*/ES*/PS*/EdDSA tokens."
+    )
+    jwt_jwks_file: Path | None = Field(
+        None, description="JWKS JSON file; the token's `kid` picks the key."
+    )
+    jwt_secret_file: Path | None = Field(
+        None, description="HS256 shared secret file (development; needs HS256 in the algorithms)."
+    )
+    jwt_issuer: str | None = Field(None, description="Required `iss` claim, when set.")
+    jwt_audience: str | None = Field(None, description="Required `aud` claim, when set.")
+    jwt_leeway_s: float = Field(
+        30.0, ge=0, le=3600, description="Clock skew allowed on `exp`, `nbf` and `iat` (s)."
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM server certificate (chain); TLS when set, plaintext otherwise."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of the certificate.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle; when set, clients must present a certificate (mTLS)."
+    )
+    health_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Extra plaintext port serving only grpc.health.v1 (probes under TLS); 0 = off.",
+    )
+
     @field_validator("log_level")
     @classmethod
     def _check_level(cls, v: str) -> str:
@@ -136,6 +191,53 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError(f"unknown log level {v!r}")
         return level
+
+    @field_validator("jwt_issuer", "jwt_audience")
+    @classmethod
+    def _empty_is_unset(cls, v: str | None) -> str | None:
+        return v or None
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _check_algorithms(cls, v: str) -> str:
+        names = [a.strip() for a in v.split(",") if a.strip()]
+        if not names:
+            raise ValueError("list at least one JWT algorithm")
+        for name in names:
+            if name.lower() == "none":
+                raise ValueError("the JWT algorithm 'none' is never accepted")
+            if name not in JWT_ALGORITHMS:
+                raise ValueError(f"unknown JWT algorithm {name!r}; known: {sorted(JWT_ALGORITHMS)}")
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        # Combinations that would otherwise fail at the first RPC, or silently
+        # serve without the protection the operator asked for.
+        if self.auth_mode == AuthMode.JWT:
+            if not (self.jwt_public_key_file or self.jwt_jwks_file or self.jwt_secret_file):
+                raise ValueError(
+                    "auth_mode=jwt needs a key: set jwt_public_key_file, jwt_jwks_file "
+                    "or jwt_secret_file"
+                )
+            if self.jwt_secret_file and not any(
+                a.startswith("HS") for a in self.jwt_algorithm_list
+            ):
+                raise ValueError(
+                    "jwt_secret_file is set but jwt_algorithms lists no HS256/HS384/HS512"
+                )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        if self.health_port and self.health_port == self.port:
+            raise ValueError("health_port must differ from port")
+        return self
+
+    @property
+    def jwt_algorithm_list(self) -> list[str]:
+        """``jwt_algorithms`` as a list."""
+        return [a for a in self.jwt_algorithms.split(",") if a]
 
     @classmethod
     def load(cls, overrides: dict[str, Any] | None = None) -> Settings:
