@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import abc
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -128,6 +130,52 @@ class ModelInfo:
         return sorted(a for a, v in self.aliases.items() if v == version)
 
 
+class ScratchLease:
+    """A private temporary path (not yet created) for staging data before a publish.
+
+    The holder may create a file or a directory at ``path``; ``release()``
+    removes whatever is there. Use it as a context manager. Stores hand out
+    leases on the same filesystem as their versions, so that ``publish_file``
+    can rename instead of copy.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._released = False
+
+    def release(self) -> None:
+        """Remove whatever was created at ``path`` (idempotent)."""
+        if self._released:
+            return
+        self._released = True
+        _remove_path(self.path)
+
+    def __enter__(self) -> ScratchLease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class _TempDirLease(ScratchLease):
+    """Default lease: a path inside a fresh system temporary directory."""
+
+    def __init__(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="highpeaks-ml-"))
+        super().__init__(self._dir / "scratch")
+
+    def release(self) -> None:
+        super().release()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
 class ModelStore(abc.ABC):
     """Storage of model versions and aliases.
 
@@ -196,3 +244,12 @@ class ModelStore(abc.ABC):
     @abc.abstractmethod
     def recover(self) -> None:
         """Start-up housekeeping: remove temporary leftovers of interrupted writes."""
+
+    def scratch(self) -> ScratchLease:
+        """A private temporary path for staging a file that will be passed to ``publish_file``.
+
+        Backends override this to hand out a path on their own filesystem
+        (so that the publish is a rename) that start-up recovery cleans up
+        after a crash; this default uses the system temporary directory.
+        """
+        return _TempDirLease()
