@@ -1,14 +1,19 @@
-"""Server interceptor: request id, one log line per RPC, and error mapping.
+"""Server interceptor: request id, one log line per RPC, metrics, drain, error mapping.
 
 Every RPC passes through ``ErrorMappingInterceptor``, so no method can leak
 an exception as UNKNOWN (the failure mode of per-method decorators): domain
 errors become their status code, anything unexpected becomes INTERNAL with a
-generic message and the traceback goes to the log only.
+generic message and the traceback goes to the log only. It is the outermost
+interceptor: the authentication interceptor (``api/auth.py``) runs inside
+it, so refused calls are mapped, logged (with the caller's subject) and
+counted like any other. While the server drains (``Lifecycle.draining``)
+new RPCs other than health and reflection get UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -20,8 +25,12 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from highpeaks_ml import errors
+from highpeaks_ml.api.auth import KNOWN_METHODS, PUBLIC_METHODS
+from highpeaks_ml.api.context import NO_SUBJECT, subject_var
 from highpeaks_ml.api.errors import status_for
 from highpeaks_ml.logs import request_id_var
+from highpeaks_ml.metrics import Metrics
 
 log = logging.getLogger("highpeaks_ml.rpc")
 
@@ -32,6 +41,13 @@ REQUEST_ID_KEY = "x-request-id"
 _MAX_REQUEST_ID = 128
 
 
+class Lifecycle:
+    """Server state every RPC checks: set ``draining`` when shutdown begins."""
+
+    def __init__(self) -> None:
+        self.draining = False
+
+
 def _request_id(metadata: tuple[Any, ...] | None) -> str:
     for key, value in metadata or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= _MAX_REQUEST_ID:
@@ -40,18 +56,33 @@ def _request_id(metadata: tuple[Any, ...] | None) -> str:
 
 
 class _Call:
-    """Bookkeeping for one RPC: sets the request id, logs the outcome."""
+    """Bookkeeping for one RPC: request id, subject, drain check, metrics, the log line."""
 
-    def __init__(self, method: str, metadata: tuple[Any, ...] | None) -> None:
+    def __init__(
+        self, method: str, metadata: tuple[Any, ...] | None, owner: ErrorMappingInterceptor
+    ) -> None:
         self.method = method
+        self.owner = owner
+        # Bounded label set: an attacker's made-up paths all count as "other".
+        self.label = method if method in KNOWN_METHODS else "other"
         self.request_id = _request_id(metadata)
         self.start = time.perf_counter()
         self.code = grpc.StatusCode.OK
         self.token: Any = None
+        self.subject_token: Any = None
 
     def enter(self, context: aio.ServicerContext) -> None:
         self.token = request_id_var.set(self.request_id)
+        self.subject_token = subject_var.set(self.owner.default_subject)
         context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
+        if self.owner.metrics is not None:
+            self.owner.metrics.rpcs_in_flight.labels(self.label).inc()
+
+    def admit(self) -> None:
+        """Refuse new work while draining; probes and reflection still answer."""
+        lifecycle = self.owner.lifecycle
+        if lifecycle is not None and lifecycle.draining and self.method not in PUBLIC_METHODS:
+            raise errors.Unavailable("server is shutting down; retry on another replica")
 
     async def fail(self, context: aio.ServicerContext, exc: BaseException) -> None:
         code, message = status_for(exc)
@@ -69,24 +100,42 @@ class _Call:
         self.code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
 
     def finish(self) -> None:
-        elapsed_ms = (time.perf_counter() - self.start) * 1000
+        elapsed = time.perf_counter() - self.start
         level = logging.DEBUG if self.method.startswith(_QUIET_PREFIXES) else logging.INFO
         log.log(
             level,
             "rpc",
-            extra={"method": self.method, "code": self.code.name, "ms": round(elapsed_ms, 3)},
+            extra={
+                "method": self.method[:200],
+                "code": self.code.name,
+                "ms": round(elapsed * 1000, 3),
+                "subject": subject_var.get(),
+            },
         )
-        if self.token is not None:
-            request_id_var.reset(self.token)
+        metrics = self.owner.metrics
+        if metrics is not None:
+            metrics.rpcs_in_flight.labels(self.label).dec()
+            metrics.rpcs.labels(self.label, self.code.name).inc()
+            metrics.rpc_duration.labels(self.label).observe(elapsed)
+        # A stream closed by the client is finalised by asyncio's async-generator
+        # hook in another context, where these tokens cannot be reset (and need not).
+        for var, token in ((request_id_var, self.token), (subject_var, self.subject_token)):
+            if token is not None:
+                with contextlib.suppress(ValueError):
+                    var.reset(token)  # type: ignore[attr-defined]
 
 
 def _wrap_unary_response(
-    behavior: Callable[..., Awaitable[Any]], method: str, metadata: Any
+    behavior: Callable[..., Awaitable[Any]],
+    method: str,
+    metadata: Any,
+    owner: ErrorMappingInterceptor,
 ) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
-        call = _Call(method, metadata)
+        call = _Call(method, metadata, owner)
         call.enter(context)
         try:
+            call.admit()
             result = behavior(request, context)
             if asyncio.iscoroutine(result):
                 result = await result
@@ -109,12 +158,16 @@ def _wrap_unary_response(
 
 
 def _wrap_stream_response(
-    behavior: Callable[..., AsyncIterator[Any]], method: str, metadata: Any
+    behavior: Callable[..., AsyncIterator[Any]],
+    method: str,
+    metadata: Any,
+    owner: ErrorMappingInterceptor,
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-        call = _Call(method, metadata)
+        call = _Call(method, metadata, owner)
         call.enter(context)
         try:
+            call.admit()
             async for item in behavior(request, context):
                 yield item
             code = context.code()
@@ -134,17 +187,34 @@ def _wrap_stream_response(
     return handler
 
 
-def _wrap_stream(behavior: Callable[..., Any], method: str, metadata: Any) -> Callable[..., Any]:
+def _wrap_stream(
+    behavior: Callable[..., Any], method: str, metadata: Any, owner: ErrorMappingInterceptor
+) -> Callable[..., Any]:
     # A streaming handler is either an async generator (yields responses) or a
     # coroutine that calls context.write() (grpc's health Watch does); the
     # wrapper must be of the same kind.
     if inspect.isasyncgenfunction(behavior):
-        return _wrap_stream_response(behavior, method, metadata)
-    return _wrap_unary_response(behavior, method, metadata)
+        return _wrap_stream_response(behavior, method, metadata, owner)
+    return _wrap_unary_response(behavior, method, metadata, owner)
 
 
 class ErrorMappingInterceptor(aio.ServerInterceptor):
-    """Wraps every method handler with request ids, logging and error mapping."""
+    """Wraps every method handler with request ids, logging, metrics and error mapping.
+
+    ``metrics`` (optional) receives the RPC counters; ``lifecycle`` (optional)
+    makes new RPCs UNAVAILABLE once draining; ``default_subject`` is the caller
+    recorded before (or without) authentication.
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics | None = None,
+        lifecycle: Lifecycle | None = None,
+        default_subject: str = NO_SUBJECT,
+    ) -> None:
+        self.metrics = metrics
+        self.lifecycle = lifecycle
+        self.default_subject = default_subject
 
     async def intercept_service(
         self,
@@ -158,25 +228,25 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
         metadata = handler_call_details.invocation_metadata
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary_response(handler.unary_unary, method, metadata),
+                _wrap_unary_response(handler.unary_unary, method, metadata, self),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(handler.stream_unary, method, metadata),
+                _wrap_unary_response(handler.stream_unary, method, metadata, self),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, metadata),
+                _wrap_stream(handler.unary_stream, method, metadata, self),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(handler.stream_stream, method, metadata),
+            _wrap_stream(handler.stream_stream, method, metadata, self),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -9,19 +9,24 @@ refused, in-flight RPCs get ``grace_period_s`` to finish, then it exits 0.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from highpeaks_ml import __version__
-from highpeaks_ml.api.interceptors import ErrorMappingInterceptor
-from highpeaks_ml.config import Settings
+from highpeaks_ml import metrics as metrics_mod
+from highpeaks_ml.api.auth import build_auth_interceptor
+from highpeaks_ml.api.context import ANONYMOUS, NO_SUBJECT
+from highpeaks_ml.api.interceptors import ErrorMappingInterceptor, Lifecycle
+from highpeaks_ml.config import AuthMode, ConfigError, Settings
 from highpeaks_ml.v1 import predict_pb2, registry_pb2, train_pb2
 
 log = logging.getLogger("highpeaks_ml.server")
@@ -79,11 +84,25 @@ class App:
 class Server:
     """A started gRPC server with its app, health servicer and bound port."""
 
-    def __init__(self, grpc_server: aio.Server, app: App, health_servicer: Any, port: int) -> None:
+    def __init__(
+        self,
+        grpc_server: aio.Server,
+        app: App,
+        health_servicer: Any,
+        port: int,
+        *,
+        lifecycle: Lifecycle | None = None,
+        metrics: metrics_mod.Metrics | None = None,
+        health_server: aio.Server | None = None,
+    ) -> None:
         self.grpc_server = grpc_server
         self.app = app
         self.health = health_servicer
         self.port = port
+        self.lifecycle = lifecycle or Lifecycle()
+        self.metrics = metrics
+        #: The plaintext health-only server (``health_port``), if any.
+        self.health_server = health_server
         self._stopping = False
         self._stopped = asyncio.Event()
 
@@ -101,10 +120,16 @@ class Server:
         self._stopping = True
         grace = self.app.settings.grace_period_s if grace is None else grace
         log.info("shutting down", extra={"grace_s": grace})
+        # Refuse new RPCs (UNAVAILABLE) from now on; health keeps answering.
+        self.lifecycle.draining = True
         await self.health.enter_graceful_shutdown()
         await self.app.shutdown()
         await self.grpc_server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.app.close()
+        if self.metrics is not None:
+            self.metrics.stop_http()
         self._stopped.set()
         log.info("stopped")
 
@@ -126,11 +151,89 @@ def _add_servicers(server: aio.Server, app: App) -> None:
     add_all(server, app)
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_pem(path: Any, setting: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (and mTLS with a client CA) from the configured PEM files, or None."""
+    if not settings.tls_cert_file or not settings.tls_key_file:
+        return None
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = _read_pem(settings.tls_cert_file, "tls_cert_file")
+    key = _read_pem(settings.tls_key_file, "tls_key_file")
+    # Check the pair here: grpc would only fail at the first handshake.
+    try:
+        leaf = x509.load_pem_x509_certificate(cert)
+    except ValueError:
+        raise ConfigError("tls_cert_file: not a PEM certificate") from None
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError("tls_key_file: not an unencrypted PEM private key") from None
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    if private.public_key().public_bytes(enc, pub) != leaf.public_key().public_bytes(enc, pub):
+        raise ConfigError("tls_key_file does not match the certificate in tls_cert_file")
+    client_ca = None
+    if settings.tls_client_ca_file:
+        client_ca = _read_pem(settings.tls_client_ca_file, "tls_client_ca_file")
+        try:
+            x509.load_pem_x509_certificates(client_ca)
+        except ValueError:
+            raise ConfigError("tls_client_ca_file: not PEM certificates") from None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def _warn_security(settings: Settings, tls: bool) -> None:
+    # One line, at start-up, loud enough to be noticed in any log viewer.
+    if settings.auth_mode == AuthMode.OFF:
+        if _is_loopback(settings.host):
+            log.warning(
+                "AUTHENTICATION IS OFF (auth_mode=off): any local process may train, "
+                "predict, change and delete models; set HIGHPEAKS_ML_AUTH_MODE=jwt outside "
+                "development"
+            )
+        else:
+            log.error(
+                "!!! AUTHENTICATION IS OFF on non-loopback host %s: ANYONE who can reach "
+                "this port may train, predict, change and delete models; set "
+                "HIGHPEAKS_ML_AUTH_MODE=jwt !!!",
+                settings.host,
+            )
+    elif not tls and not _is_loopback(settings.host):
+        log.warning("auth_mode=jwt without TLS: bearer tokens cross the network in plaintext")
+
+
+def _address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
 async def create_server(settings: Settings) -> tuple[Server, int]:
     """Build, bind and start the server; return it and its bound port (non-blocking).
 
     Health answers NOT_SERVING until the app's start-up work (recovery,
-    eager model loading, the demo model) is done.
+    eager model loading, the demo model) is done. Unusable key or
+    certificate files raise ``ConfigError`` before anything is bound.
     """
     options = [
         ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
@@ -138,8 +241,22 @@ async def create_server(settings: Settings) -> tuple[Server, int]:
         # Do not let a second server silently share the port (SO_REUSEPORT).
         ("grpc.so_reuseport", 0),
     ]
+    auth_interceptor = build_auth_interceptor(settings)
+    credentials = _server_credentials(settings)
+    _warn_security(settings, tls=credentials is not None)
+    metrics = metrics_mod.Metrics()
+    metrics_mod.install(metrics)
+    lifecycle = Lifecycle()
+    default_subject = ANONYMOUS if auth_interceptor is None else NO_SUBJECT
+    # The error mapping is outermost, so authentication failures are mapped,
+    # logged and counted like any other RPC outcome.
+    interceptors: list[aio.ServerInterceptor] = [
+        ErrorMappingInterceptor(metrics, lifecycle, default_subject)
+    ]
+    if auth_interceptor is not None:
+        interceptors.append(auth_interceptor)
     grpc_server = aio.server(
-        interceptors=[ErrorMappingInterceptor()],
+        interceptors=interceptors,
         options=options,
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
@@ -153,20 +270,72 @@ async def create_server(settings: Settings) -> tuple[Server, int]:
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(service_names, grpc_server)
-    address = f"{settings.host}:{settings.port}"
-    if ":" in settings.host and not settings.host.startswith("["):
-        address = f"[{settings.host}]:{settings.port}"
-    port = grpc_server.add_insecure_port(address)
+    address = _address(settings.host, settings.port)
+    if credentials is not None:
+        port = grpc_server.add_secure_port(address, credentials)
+    else:
+        port = grpc_server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {address}")
-    server = Server(grpc_server, app, health_servicer, port)
+    health_server = None
+    if settings.health_port:
+        health_server = _health_only_server(settings, health_servicer, metrics)
+    server = Server(
+        grpc_server,
+        app,
+        health_servicer,
+        port,
+        lifecycle=lifecycle,
+        metrics=metrics,
+        health_server=health_server,
+    )
+    if settings.metrics_port:
+        try:
+            metrics.serve_http(settings.host, settings.metrics_port)
+        except OSError as exc:
+            raise ConfigError(f"metrics_port {settings.metrics_port}: {exc.strerror}") from None
     await server.set_serving(False)
     await grpc_server.start()
-    log.info("listening", extra={"address": f"{settings.host}:{port}", "version": __version__})
+    if health_server is not None:
+        await health_server.start()
+        log.info("plaintext health port", extra={"health_port": settings.health_port})
+    log.info(
+        "listening",
+        extra={
+            "address": f"{settings.host}:{port}",
+            "version": __version__,
+            "tls": "mutual" if settings.tls_client_ca_file else bool(credentials),
+            "auth": settings.auth_mode.value,
+        },
+    )
     await app.start()
     await server.set_serving(True)
     log.info("ready")
     return server, port
+
+
+def _health_only_server(
+    settings: Settings, health_servicer: Any, metrics: metrics_mod.Metrics
+) -> aio.Server:
+    """A plaintext server with grpc.health.v1 only, for Kubernetes' native gRPC probes.
+
+    The kubelet's gRPC probe cannot speak TLS, so with TLS on the probes
+    target this port; it answers the same health statuses as the main port,
+    nothing else (no reflection, no services, tiny messages).
+    """
+    server = aio.server(
+        interceptors=[ErrorMappingInterceptor(metrics, None, NO_SUBJECT)],
+        options=[
+            ("grpc.max_receive_message_length", 4096),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=64,
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = _address(settings.host, settings.health_port)
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"could not bind {address}")
+    return server
 
 
 async def serve(settings: Settings) -> int:

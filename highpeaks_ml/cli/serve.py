@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from highpeaks_ml.config import Settings, add_settings_flags, settings_from_args
+from highpeaks_ml.config import ConfigError, Settings, add_settings_flags, settings_from_args
 from highpeaks_ml.logs import configure_logging
 
 # Flags that belong to client commands, not to the server.
@@ -36,8 +36,14 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         for err in exc.errors():
             loc = ".".join(str(x) for x in err["loc"])
-            print(f"error: invalid setting {loc}: {err['msg']}")
+            # Cross-field checks (security settings) have no single field to name.
+            print(f"error: invalid setting {loc}: {err['msg']}" if loc else f"error: {err['msg']}")
         return 2
     configure_logging(settings.log_level, settings.log_format.value)
     logging.getLogger("highpeaks_ml").debug("settings", extra=settings.model_dump(mode="json"))
-    return asyncio.run(serve(settings))
+    try:
+        return asyncio.run(serve(settings))
+    except ConfigError as exc:
+        # Unreadable or mismatched key/certificate files: a start-up error, not a crash.
+        print(f"error: {exc}")
+        return 2

@@ -1,0 +1,248 @@
+"""Prometheus metrics: one registry per server, recorded from any layer without grpc.
+
+The API layer records the RPC metrics in its interceptor; domain code
+(serving, training) records its own through the functions below, which write
+to the metrics of the running server (``install``) or, before a server
+exists, to a private default that nobody scrapes. Each ``Metrics`` has its
+own ``CollectorRegistry`` (never prometheus_client's global one), so several
+servers in one process do not collide.
+
+Metric names (all prefixed ``highpeaks_ml_``; labels in brackets):
+
+RPCs
+  ``rpcs_total`` [method, code]                  finished RPCs by status code
+  ``rpc_duration_seconds`` [method]              handler latency histogram
+  ``rpcs_in_flight`` [method]                    RPCs being handled now
+Serving
+  ``predicted_rows_total`` [model, version]      rows answered by predictions
+  ``predict_batch_rows`` [model, version]        rows per onnxruntime call (batch size)
+  ``predict_queue_seconds`` [model]              wait before the onnxruntime call
+  ``predict_compute_seconds`` [model, version]   duration of one onnxruntime call
+  ``model_load_seconds`` [model]                 session creation (+ warm-up) time
+  ``model_load_failures_total`` [model]          versions that failed to load
+  ``loaded_sessions``                            model versions loaded now
+Training
+  ``training_jobs`` [state]                      jobs per state now
+  ``training_job_duration_seconds`` [algorithm, state]  wall time of finished jobs
+Process (prometheus_client's collectors)
+  ``process_*`` (RSS, CPU, open fds), ``python_gc_*``, ``python_info``
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    gc_collector,
+    platform_collector,
+    process_collector,
+    start_http_server,
+)
+
+log = logging.getLogger("highpeaks_ml.metrics")
+
+PREFIX = "highpeaks_ml_"
+
+# Latency buckets from 0.5 ms (a small prediction on loopback) to 60 s
+# (a large download or import).
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+_LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_JOB_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
+
+
+class Metrics:
+    """Every metric of one server, in its own registry."""
+
+    def __init__(self, *, process: bool = True) -> None:
+        r = self.registry = CollectorRegistry()
+        if process:
+            process_collector.ProcessCollector(registry=r)
+            platform_collector.PlatformCollector(registry=r)
+            gc_collector.GCCollector(registry=r)
+        p = PREFIX
+        # --- RPCs (recorded by api/interceptors.py)
+        self.rpcs = Counter(
+            p + "rpcs", "Finished RPCs by method and status code.", ["method", "code"], registry=r
+        )
+        self.rpc_duration = Histogram(
+            p + "rpc_duration_seconds",
+            "RPC handling time by method (seconds).",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rpcs_in_flight = Gauge(
+            p + "rpcs_in_flight", "RPCs being handled now, by method.", ["method"], registry=r
+        )
+        # --- serving
+        self.predicted_rows = Counter(
+            p + "predicted_rows",
+            "Rows answered by predictions, by model and version.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.predict_batch_rows = Histogram(
+            p + "predict_batch_rows",
+            "Rows per onnxruntime call (the batch size), by model and version.",
+            ["model", "version"],
+            buckets=_ROW_BUCKETS,
+            registry=r,
+        )
+        self.predict_queue_seconds = Histogram(
+            p + "predict_queue_seconds",
+            "Time a prediction waited before its onnxruntime call (batching, executor).",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.predict_compute_seconds = Histogram(
+            p + "predict_compute_seconds",
+            "Duration of one onnxruntime call, by model and version.",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_load_seconds = Histogram(
+            p + "model_load_seconds",
+            "Time to load (and warm up) one model version.",
+            ["model"],
+            buckets=_LOAD_BUCKETS,
+            registry=r,
+        )
+        self.model_load_failures = Counter(
+            p + "model_load_failures", "Model versions that failed to load.", ["model"], registry=r
+        )
+        self.loaded_sessions = Gauge(
+            p + "loaded_sessions", "Model versions loaded in onnxruntime now.", registry=r
+        )
+        # --- training
+        self.training_jobs = Gauge(
+            p + "training_jobs", "Training jobs in each state now.", ["state"], registry=r
+        )
+        self.training_job_duration = Histogram(
+            p + "training_job_duration_seconds",
+            "Wall time of finished training jobs, by algorithm and final state.",
+            ["algorithm", "state"],
+            buckets=_JOB_BUCKETS,
+            registry=r,
+        )
+        self._http: Any = None
+        self._thread: threading.Thread | None = None
+
+    # --- HTTP exposition ---------------------------------------------------------
+
+    def serve_http(self, host: str, port: int) -> None:
+        """Serve ``/metrics`` on ``host:port`` from a daemon thread."""
+        self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        log.info("metrics endpoint", extra={"metrics_port": port})
+
+    def stop_http(self) -> None:
+        """Stop the HTTP endpoint (idempotent)."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+_current = Metrics(process=False)
+
+
+def install(metrics: Metrics) -> None:
+    """Make ``metrics`` the one that domain code records to (the server does this)."""
+    global _current
+    _current = metrics
+
+
+def current() -> Metrics:
+    """The metrics domain code records to."""
+    return _current
+
+
+# --- recording helpers for domain code (no grpc, no label juggling) -------------------
+
+
+def record_prediction(model: str, version: int | str, rows: int) -> None:
+    """A prediction request of ``rows`` rows was answered by ``model`` v``version``."""
+    _current.predicted_rows.labels(model, str(version)).inc(rows)
+
+
+def record_inference(model: str, version: int | str, rows: int, compute_s: float) -> None:
+    """One onnxruntime call over ``rows`` rows (one batch) took ``compute_s`` seconds."""
+    m = _current
+    v = str(version)
+    m.predict_batch_rows.labels(model, v).observe(rows)
+    m.predict_compute_seconds.labels(model, v).observe(compute_s)
+
+
+def record_queue_wait(model: str, seconds: float) -> None:
+    """A request waited ``seconds`` before its onnxruntime call (recorded per request)."""
+    _current.predict_queue_seconds.labels(model).observe(seconds)
+
+
+def record_model_load(model: str, seconds: float, ok: bool) -> None:
+    """Loading a version of ``model`` took ``seconds``; ``ok`` False counts a failure."""
+    m = _current
+    if ok:
+        m.model_load_seconds.labels(model).observe(seconds)
+    else:
+        m.model_load_failures.labels(model).inc()
+
+
+def set_loaded_sessions(count: int) -> None:
+    """The number of model versions loaded now."""
+    _current.loaded_sessions.set(count)
+
+
+def set_training_jobs(counts: Mapping[str, int]) -> None:
+    """The number of jobs in each state now (states absent from ``counts`` keep theirs)."""
+    gauge = _current.training_jobs
+    for state, n in counts.items():
+        gauge.labels(state).set(n)
+
+
+def record_training_job(algorithm: str, state: str, seconds: float) -> None:
+    """A job of ``algorithm`` ended in ``state`` after ``seconds`` of wall time."""
+    _current.training_job_duration.labels(algorithm, state).observe(seconds)
+
+
+__all__ = [
+    "PREFIX",
+    "Metrics",
+    "current",
+    "install",
+    "record_inference",
+    "record_model_load",
+    "record_prediction",
+    "record_queue_wait",
+    "record_training_job",
+    "set_loaded_sessions",
+    "set_training_jobs",
+]
