@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -21,13 +22,40 @@ class ClientError(Exception):
 
 
 def add_target(parser: argparse.ArgumentParser) -> None:
-    """Add ``--target`` (default from HIGHPEAKS_ML_TARGET) and ``--timeout``."""
+    """Add ``--target`` (default from HIGHPEAKS_ML_TARGET), ``--timeout``, token and TLS flags."""
     parser.add_argument(
         "--target",
         default=None,
         help="server host:port [env HIGHPEAKS_ML_TARGET, default 127.0.0.1:50051]",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="per-call deadline (s)")
+    auth = parser.add_argument_group("credentials")
+    auth.add_argument(
+        "--token",
+        default=None,
+        help="bearer JWT sent as 'authorization: Bearer ...' [env HIGHPEAKS_ML_TOKEN]",
+    )
+    auth.add_argument(
+        "--tls", action="store_true", help="use TLS with the system's root certificates"
+    )
+    auth.add_argument(
+        "--tls-ca",
+        default=None,
+        metavar="FILE",
+        help="PEM CA of the server certificate; implies --tls [env HIGHPEAKS_ML_TLS_CA]",
+    )
+    auth.add_argument(
+        "--tls-cert",
+        default=None,
+        metavar="FILE",
+        help="PEM client certificate for mutual TLS [env HIGHPEAKS_ML_TLS_CLIENT_CERT]",
+    )
+    auth.add_argument(
+        "--tls-key",
+        default=None,
+        metavar="FILE",
+        help="PEM key of --tls-cert [env HIGHPEAKS_ML_TLS_CLIENT_KEY]",
+    )
 
 
 def target_of(args: argparse.Namespace) -> str:
@@ -39,7 +67,25 @@ def client_of(args: argparse.Namespace) -> Any:
     """A ``highpeaks_ml.client.Client`` for a parsed command."""
     from highpeaks_ml.client import Client
 
-    return Client(target_of(args), timeout=args.timeout)
+    def opt(name: str, env: str) -> str | None:
+        return getattr(args, name, None) or os.environ.get(env) or None
+
+    cert = opt("tls_cert", "HIGHPEAKS_ML_TLS_CLIENT_CERT")
+    key = opt("tls_key", "HIGHPEAKS_ML_TLS_CLIENT_KEY")
+    if bool(cert) != bool(key):
+        raise ClientError("--tls-cert and --tls-key go together", exit_code=2)
+    try:
+        return Client(
+            target_of(args),
+            timeout=args.timeout,
+            token=opt("token", "HIGHPEAKS_ML_TOKEN"),
+            tls=bool(getattr(args, "tls", False)),
+            tls_ca=opt("tls_ca", "HIGHPEAKS_ML_TLS_CA"),
+            tls_cert=cert,
+            tls_key=key,
+        )
+    except OSError as exc:
+        raise ClientError(f"cannot read {exc.filename}: {exc.strerror}", exit_code=2) from None
 
 
 def rpc_error(exc: grpc.RpcError) -> ClientError:
