@@ -1,0 +1,659 @@
+"""Validation and conversion of prediction inputs, and assembly of outputs (numpy only).
+
+Inputs arrive as a dense tensor (``TensorInput``: typed values or raw
+little-endian bytes) or as named rows (``RowsInput``). ``InputPlan`` is built
+once per loaded version from its ``VersionMeta`` and the session's real
+inputs/outputs; ``InputPlan.feeds`` checks a request against it and returns
+the onnxruntime feeds, ``InputPlan.assemble`` turns onnxruntime's outputs
+into a ``Prediction``.
+
+Every refusal is ``InvalidArgument`` naming the input (``tensor``,
+``tensor.shape[1]``, ``rows[3].petal_width``, ...), raised before anything
+is allocated from the request's claimed sizes: a shape is checked against
+the row limit, the model's width and the bytes actually sent before any
+array is built, so ``[2**31, 2**31]`` costs nothing.
+
+NaN/infinity policy: refused. A non-finite number in any floating-point
+input is INVALID_ARGUMENT naming the row and column; models trained here
+have no missing-value handling, so NaN would produce an arbitrary answer
+instead of an error. (A float64 value beyond float32's range sent to a
+float32 model becomes infinity and is refused the same way.)
+
+Layouts the plan understands (docs/conventions): a trained model with only
+numeric features has one ``input`` [-1, n_features] in feature order; with a
+categorical feature it has one [-1, 1] input per feature (strings for the
+categorical ones); an imported model has whatever its graph says, and takes
+a tensor when it has a single input or rows keyed by its input names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from highpeaks_ml.errors import InvalidArgument
+from highpeaks_ml.registry.base import FeatureSpec, VersionMeta
+
+#: numpy dtype of each element type name (strings are numpy object arrays).
+NUMPY_DTYPES: dict[str, Any] = {
+    "float32": np.dtype("<f4"),
+    "float64": np.dtype("<f8"),
+    "int64": np.dtype("<i8"),
+    "int32": np.dtype("<i4"),
+    "bool": np.dtype(np.bool_),
+    "string": np.dtype(object),
+}
+#: Element type names as callers see them in messages (the proto enum's suffix).
+SHOWN = {
+    "float32": "FLOAT32",
+    "float64": "FLOAT64",
+    "int64": "INT64",
+    "int32": "INT32",
+    "bool": "BOOL",
+    "string": "STRING",
+}
+#: onnxruntime type strings -> element type names.
+ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(bool)": "bool",
+    "tensor(string)": "string",
+}
+_FLOATS = ("float32", "float64")
+_NUMBERS = ("float32", "float64", "int32", "int64")
+# Element types a numeric input accepts (cast to the model's type); integers
+# are only accepted by integer inputs, so no fraction is silently dropped.
+_ACCEPTS = {
+    "float32": _NUMBERS,
+    "float64": _NUMBERS,
+    "int64": ("int64", "int32"),
+    "int32": ("int32", "int64"),
+    "bool": ("bool",),
+    "string": ("string",),
+}
+_MAX_ELEMENTS = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class TensorInput:
+    """A dense row-major tensor as a caller sent it.
+
+    ``dtype`` is an element type name ("" when not given), ``values`` the
+    typed elements (any sequence; converted only after the size checks) or
+    ``raw`` the little-endian bytes. At most one of them is set.
+    """
+
+    dtype: str
+    shape: tuple[int, ...]
+    values: Sequence[Any] | None = None
+    raw: bytes | None = None
+
+
+@dataclass(frozen=True)
+class RowsInput:
+    """Named rows: one dict per row, feature (or input) name -> number or string."""
+
+    rows: Sequence[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Outputs of one request (``None`` for outputs not produced or not wanted)."""
+
+    model_name: str
+    version: int
+    provider: str
+    labels: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+    class_labels: tuple[str, ...] = ()
+    values: np.ndarray | None = None
+    rows: int = 0
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One ONNX input: name, element type, shape (-1 = dynamic) and its feature, if any."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    feature: FeatureSpec | None = None
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """The dimensions after the batch dimension."""
+        return self.shape[1:]
+
+    @property
+    def width(self) -> int:
+        """Elements per row (-1 when a non-batch dimension is dynamic)."""
+        if any(d < 0 for d in self.row_shape):
+            return -1
+        return math.prod(self.row_shape)
+
+
+OUTPUT_KINDS = ("labels", "probabilities", "values")
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """Which ONNX outputs carry labels, probabilities and values."""
+
+    label: str | None = None
+    label_dtype: str = ""
+    probabilities: str | None = None
+    values: str | None = None
+    class_labels: tuple[str, ...] = ()
+    n_classes: int = 0
+
+    def names(self, wanted: frozenset[str], model: str) -> list[str]:
+        """ONNX output names to compute for ``wanted`` (empty = everything the model has)."""
+        have = {
+            k: n
+            for k, n in (
+                ("labels", self.label),
+                ("probabilities", self.probabilities),
+                ("values", self.values),
+            )
+            if n is not None
+        }
+        if not wanted:
+            return list(have.values())
+        missing = sorted(wanted - have.keys())
+        if missing:
+            kinds = ", ".join(sorted(have)) or "none"
+            raise InvalidArgument(f"outputs: {model} has no {missing[0]} output (it has: {kinds})")
+        return [have[k] for k in OUTPUT_KINDS if k in wanted]
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """How requests map to the feeds of one model version, and outputs back."""
+
+    model_name: str
+    version: int
+    kind: str  # "matrix" | "columns" | "graph"
+    slots: tuple[Slot, ...]
+    outputs: OutputPlan
+    features: tuple[FeatureSpec, ...] = ()
+    _row_keys: frozenset[str] = field(default=frozenset(), repr=False)
+
+    @property
+    def label(self) -> str:
+        """``model 'x' version N`` for messages."""
+        return f"model {self.model_name!r} version {self.version}"
+
+    @property
+    def batchable(self) -> bool:
+        """Whether requests can be concatenated along rows (every input has a batch dim)."""
+        return all(s.shape and s.shape[0] < 0 for s in self.slots)
+
+    # --- building -----------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        meta: VersionMeta,
+        inputs: Sequence[tuple[str, str, Sequence[Any]]],
+        outputs: Sequence[tuple[str, str, Sequence[Any]]],
+    ) -> InputPlan:
+        """The plan for ``meta`` given the session's (name, ort type, shape) inputs/outputs.
+
+        Raises ``ValueError`` (a load failure) when the graph does not fit
+        the recorded metadata or has no usable output.
+        """
+        slots = tuple(_slot(name, typ, shape) for name, typ, shape in inputs)
+        features = tuple(meta.features)
+        if features:
+            if (
+                len(slots) == 1
+                and slots[0].width == len(features)
+                and len(slots[0].shape) == 2
+                and all(f.type == "numeric" for f in features)
+                and slots[0].dtype in _NUMBERS
+            ):
+                kind = "matrix"
+            elif len(slots) == len(features) and all(s.width == 1 for s in slots):
+                kind = "columns"
+                slots = tuple(
+                    Slot(s.name, s.dtype, s.shape, f) for s, f in zip(slots, features, strict=True)
+                )
+                for s in slots:
+                    assert s.feature is not None
+                    want_string = s.feature.type == "categorical"
+                    if want_string != (s.dtype == "string"):
+                        raise ValueError(
+                            f"graph input {s.name!r} is {SHOWN[s.dtype]} but feature "
+                            f"{s.feature.name!r} is {s.feature.type}"
+                        )
+            else:
+                raise ValueError(
+                    f"the graph's {len(slots)} input(s) do not match the {len(features)}"
+                    " recorded features"
+                )
+            keys = frozenset(f.name for f in features)
+        else:
+            kind = "graph"
+            keys = frozenset(s.name for s in slots)
+        return cls(
+            model_name=meta.model_name,
+            version=meta.version,
+            kind=kind,
+            slots=slots,
+            outputs=_output_plan(meta, outputs),
+            features=features,
+            _row_keys=keys,
+        )
+
+    # --- requests -> feeds --------------------------------------------------
+
+    def feeds(
+        self, data: TensorInput | RowsInput, max_rows: int
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """Validate ``data`` and return (onnxruntime feeds, row count)."""
+        if isinstance(data, TensorInput):
+            return self._tensor_feeds(data, max_rows)
+        return self._rows_feeds(data, max_rows)
+
+    def _tensor_feeds(self, t: TensorInput, max_rows: int) -> tuple[dict[str, np.ndarray], int]:
+        if self.kind == "columns":
+            names = ", ".join(f.name for f in self.features)
+            raise InvalidArgument(
+                f"tensor: {self.label} has categorical features; send named rows"
+                f" with the features {names}"
+            )
+        if len(self.slots) != 1:
+            names = ", ".join(s.name for s in self.slots)
+            raise InvalidArgument(
+                f"tensor: {self.label} has {len(self.slots)} inputs ({names}); send named rows"
+                " keyed by input name"
+            )
+        slot = self.slots[0]
+        if not t.dtype:
+            raise InvalidArgument("tensor.data_type: not given (DATA_TYPE_UNSPECIFIED)")
+        if t.dtype not in _ACCEPTS[slot.dtype]:
+            raise InvalidArgument(
+                f"tensor.data_type: {SHOWN.get(t.dtype, t.dtype)} is not accepted by input"
+                f" {slot.name!r} of {self.label}, which takes {SHOWN[slot.dtype]}"
+                + (" (numbers)" if slot.dtype in _NUMBERS else "")
+            )
+        shape = t.shape
+        _check_dims(shape, "tensor.shape")
+        if not shape:
+            raise InvalidArgument("tensor.shape: empty; give [rows, features]")
+        rows = shape[0]
+        if rows > max_rows:
+            raise InvalidArgument(
+                f"tensor.shape[0]: {rows} rows is over the limit of {max_rows} rows per request"
+            )
+        if len(shape) != len(slot.shape):
+            raise InvalidArgument(
+                f"tensor.shape: {list(shape)} has {len(shape)} dimensions but input"
+                f" {slot.name!r} of {self.label} has {len(slot.shape)} {_shown_shape(slot.shape)}"
+            )
+        for i, (got, want) in enumerate(zip(shape[1:], slot.row_shape, strict=True), start=1):
+            if want >= 0 and got != want:
+                if self.kind == "matrix" and i == 1:
+                    names = ", ".join(f.name for f in self.features)
+                    raise InvalidArgument(
+                        f"tensor.shape[1]: {got} features given but {self.label} expects"
+                        f" {want} ({names})"
+                    )
+                raise InvalidArgument(
+                    f"tensor.shape[{i}]: {got} but input {slot.name!r} of {self.label} needs"
+                    f" {want} {_shown_shape(slot.shape)}"
+                )
+        count = math.prod(shape)
+        if count > _MAX_ELEMENTS:
+            raise InvalidArgument(f"tensor.shape: {list(shape)} overflows (over 2^63 elements)")
+        arr = _tensor_array(t, count)
+        arr = arr.reshape(shape)
+        if t.dtype != slot.dtype:
+            # Out-of-range float64 -> float32 becomes inf, refused just below.
+            with np.errstate(over="ignore"):
+                arr = arr.astype(NUMPY_DTYPES[slot.dtype])
+        if slot.dtype in _FLOATS:
+            _check_finite(arr, "tensor", self.features)
+        return {slot.name: arr}, rows
+
+    def _rows_feeds(self, data: RowsInput, max_rows: int) -> tuple[dict[str, np.ndarray], int]:
+        rows = data.rows
+        n = len(rows)
+        if n > max_rows:
+            raise InvalidArgument(
+                f"rows: {n} rows is over the limit of {max_rows} rows per request"
+            )
+        keys = self._row_keys
+        for i, row in enumerate(rows):
+            if row.keys() != keys:
+                self._bad_keys(i, row)
+        if self.kind == "matrix":
+            slot = self.slots[0]
+            cols = [_numeric_column(rows, f.name, slot.dtype, "rows") for f in self.features]
+            arr = (
+                np.stack(cols, axis=1)
+                if n
+                else np.empty((0, len(cols)), dtype=NUMPY_DTYPES[slot.dtype])
+            )
+            return {slot.name: arr}, n
+        feeds: dict[str, np.ndarray] = {}
+        for slot in self.slots:
+            key = slot.feature.name if slot.feature is not None else slot.name
+            if slot.dtype == "string":
+                col = _string_column(rows, key)
+            elif slot.dtype == "bool":
+                col = _bool_column(rows, key)
+            elif slot.width == 1:
+                col = _numeric_column(rows, key, slot.dtype, "rows")
+            else:
+                col = _list_column(rows, key, slot)
+            feeds[slot.name] = col.reshape((n, *_concrete(slot.row_shape, col, n)))
+        return feeds, n
+
+    def _bad_keys(self, i: int, row: dict[str, Any]) -> None:
+        want = self._row_keys
+        what = "feature" if self.features else "input"
+        order = [f.name for f in self.features] if self.features else [s.name for s in self.slots]
+        missing = [k for k in order if k not in row]
+        extra = sorted(k for k in row if k not in want)
+        problems = []
+        if extra:
+            problems.append(f"unknown {what} {extra[0]!r}")
+        if missing:
+            problems.append(f"missing {what} {missing[0]!r}")
+        raise InvalidArgument(
+            f"rows[{i}]: {' and '.join(problems)} ({self.label} expects"
+            f" {len(order)}: {', '.join(order)})"
+        )
+
+    # --- outputs -> prediction ---------------------------------------------
+
+    def empty_outputs(self, names: Sequence[str]) -> list[np.ndarray]:
+        """Zero-row arrays standing in for onnxruntime's outputs (zero-row requests)."""
+        out = []
+        o = self.outputs
+        for name in names:
+            if name == o.label:
+                out.append(np.empty(0, dtype=NUMPY_DTYPES[o.label_dtype or "int64"]))
+            elif name == o.probabilities:
+                out.append(np.empty((0, o.n_classes), dtype=np.float32))
+            else:
+                out.append(np.empty(0, dtype=np.float32))
+        return out
+
+    def assemble(
+        self, names: Sequence[str], arrays: Sequence[np.ndarray], provider: str, rows: int
+    ) -> Prediction:
+        """A ``Prediction`` from onnxruntime's outputs ``arrays`` (in the order of ``names``)."""
+        o = self.outputs
+        labels = probabilities = values = None
+        for name, arr in zip(names, arrays, strict=True):
+            if name == o.label:
+                labels = arr.reshape(-1) if arr.ndim == 2 and arr.shape[1] == 1 else arr
+            elif name == o.probabilities:
+                probabilities = arr if arr.dtype == np.float32 else arr.astype(np.float32)
+            elif name == o.values:
+                v = arr.reshape(-1) if arr.ndim == 2 and arr.shape[1] == 1 else arr
+                values = v if v.dtype == np.float32 else v.astype(np.float32)
+        return Prediction(
+            model_name=self.model_name,
+            version=self.version,
+            provider=provider,
+            labels=labels,
+            probabilities=probabilities,
+            class_labels=o.class_labels if probabilities is not None else (),
+            values=values,
+            rows=rows,
+        )
+
+    def warmup_feeds(self) -> dict[str, np.ndarray]:
+        """One plausible row for a warm-up inference (zeros, first categories)."""
+        feeds = {}
+        for s in self.slots:
+            shape = (1, *(d if d >= 0 else 1 for d in s.row_shape))
+            if s.dtype == "string":
+                cat = s.feature.categories[0] if s.feature and s.feature.categories else ""
+                feeds[s.name] = np.full(shape, cat, dtype=object)
+            else:
+                feeds[s.name] = np.zeros(shape, dtype=NUMPY_DTYPES[s.dtype])
+        return feeds
+
+
+# --- helpers ---------------------------------------------------------------
+
+
+def _dim(d: Any) -> int:
+    return d if isinstance(d, int) and d >= 0 else -1
+
+
+def _slot(name: str, typ: str, shape: Sequence[Any]) -> Slot:
+    dtype = ORT_TYPES.get(typ)
+    if dtype is None:
+        raise ValueError(f"graph input {name!r} has unsupported type {typ}")
+    dims = tuple(_dim(d) for d in shape)
+    return Slot(name, dtype, dims)
+
+
+def _shown_shape(shape: Sequence[int]) -> str:
+    return "[" + ", ".join("N" if d < 0 else str(d) for d in shape) + "]"
+
+
+def _output_plan(
+    meta: VersionMeta, outputs: Sequence[tuple[str, str, Sequence[Any]]]
+) -> OutputPlan:
+    specs = [(n, ORT_TYPES.get(t), tuple(_dim(d) for d in s)) for n, t, s in outputs]
+    by_name = {n: (t, s) for n, t, s in specs}
+
+    def rank1ish(shape: tuple[int, ...]) -> bool:
+        return len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
+
+    label = probabilities = values = None
+    if meta.source != "imported" and meta.features:
+        # Trained here: the names are fixed by the conventions.
+        if meta.task == "classification":
+            label, probabilities = "label", "probabilities"
+        else:
+            values = "variable"
+        for n in (label, probabilities, values):
+            if n is not None and n not in by_name:
+                raise ValueError(f"the graph has no {n!r} output")
+    else:
+        label_c = [n for n, t, s in specs if t in ("int64", "string") and rank1ish(s)]
+        prob_c = [n for n, t, s in specs if t in _FLOATS and len(s) == 2]
+        value_c = [n for n, t, s in specs if t in _FLOATS]
+        if meta.task == "regression" or (meta.task != "classification" and not label_c):
+            values = value_c[0] if value_c else None
+        else:
+            label = label_c[0] if label_c else None
+            probabilities = prob_c[0] if prob_c else None
+        if label is None and probabilities is None and values is None:
+            raise ValueError("the graph has no output usable as labels, probabilities or values")
+    label_dtype = ""
+    if label is not None:
+        label_dtype = by_name[label][0] or ""
+        if label_dtype not in ("int64", "string"):
+            raise ValueError(f"the label output {label!r} is neither INT64 nor STRING")
+    n_classes = 0
+    if probabilities is not None:
+        width = by_name[probabilities][1][-1]
+        n_classes = width if width >= 0 else len(meta.class_labels)
+    return OutputPlan(
+        label=label,
+        label_dtype=label_dtype,
+        probabilities=probabilities,
+        values=values,
+        class_labels=tuple(meta.class_labels),
+        n_classes=n_classes or len(meta.class_labels),
+    )
+
+
+def _check_dims(shape: Sequence[int], where: str) -> None:
+    for i, d in enumerate(shape):
+        if d < 0:
+            raise InvalidArgument(f"{where}[{i}]: {d} is negative; dimensions must be >= 0")
+
+
+def _tensor_array(t: TensorInput, count: int) -> np.ndarray:
+    """The 1-D array of ``count`` elements carried by ``t`` (sizes checked first)."""
+    sent = NUMPY_DTYPES[t.dtype]
+    shown = SHOWN[t.dtype]
+    if t.raw is not None and len(t.raw) > 0:
+        raw = t.raw
+        if t.dtype == "string":
+            return _decode_strings(raw, count)
+        need = count * sent.itemsize
+        if len(raw) != need:
+            raise InvalidArgument(
+                f"tensor.raw_data: {len(raw)} bytes but shape {list(t.shape)} of {shown} needs"
+                f" {need} bytes"
+            )
+        arr = np.frombuffer(raw, dtype=sent)
+        if t.dtype == "bool":
+            as_bytes = np.frombuffer(raw, dtype=np.uint8)
+            if (as_bytes > 1).any():
+                raise InvalidArgument("tensor.raw_data: BOOL elements must be bytes 0 or 1")
+        return arr
+    values = t.values if t.values is not None else ()
+    if len(values) != count:
+        raise InvalidArgument(
+            f"tensor: {len(values)} values given but shape {list(t.shape)} has {count} elements"
+        )
+    if t.dtype == "string":
+        arr = np.empty(count, dtype=object)
+        arr[:] = list(values)
+        return arr
+    # fromiter: the fastest way from a sequence of Python numbers (protobuf's
+    # repeated fields included) to a contiguous array.
+    return np.fromiter(values, dtype=sent, count=count)
+
+
+def _decode_strings(raw: bytes, count: int) -> np.ndarray:
+    """Decode the length-prefixed layout (4-byte little-endian length, then UTF-8 bytes)."""
+    out = np.empty(count, dtype=object)
+    pos = 0
+    size = len(raw)
+    view = memoryview(raw)
+    for i in range(count):
+        if pos + 4 > size:
+            raise InvalidArgument(f"tensor.raw_data: ends after {i} of {count} STRING elements")
+        n = int.from_bytes(view[pos : pos + 4], "little")
+        pos += 4
+        if pos + n > size:
+            raise InvalidArgument(f"tensor.raw_data: STRING element {i} runs past the end")
+        try:
+            out[i] = bytes(view[pos : pos + n]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"tensor.raw_data: STRING element {i} is not UTF-8") from None
+        pos += n
+    if pos != size:
+        raise InvalidArgument(
+            f"tensor.raw_data: {size - pos} bytes left over after {count} STRING elements"
+        )
+    return out
+
+
+def _check_finite(arr: np.ndarray, where: str, features: Sequence[FeatureSpec]) -> None:
+    if arr.size and not np.isfinite(arr).all():
+        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        where_at = f"{where}[{', '.join(map(str, idx))}]"
+        if features and len(idx) == 2:
+            where_at += f" (row {idx[0]}, feature {features[idx[1]].name!r})"
+        raise InvalidArgument(
+            f"{where_at}: {arr[idx]} is not a finite number; NaN and infinity are refused"
+        )
+
+
+def _numeric_column(rows: Sequence[dict[str, Any]], key: str, dtype: str, where: str) -> np.ndarray:
+    col = [row[key] for row in rows]
+    # bool is an int subclass; JSON true/false is not a number here.
+    if not all(type(v) is float or type(v) is int for v in col):
+        for i, v in enumerate(col):
+            if type(v) is not float and type(v) is not int:
+                raise InvalidArgument(f"{where}[{i}].{key}: expects a number, got {_describe(v)}")
+    try:
+        with np.errstate(over="ignore"):  # beyond float32 -> inf, refused below
+            arr = np.asarray(col, dtype=NUMPY_DTYPES[dtype])
+    except OverflowError:
+        raise InvalidArgument(
+            f"{where}.{key}: a value is out of range for {SHOWN[dtype]}"
+        ) from None
+    if dtype in _FLOATS and arr.size and not np.isfinite(arr).all():
+        i = int(np.argwhere(~np.isfinite(arr))[0][0])
+        raise InvalidArgument(
+            f"{where}[{i}].{key}: {col[i]!r} is not a finite number; NaN and infinity are refused"
+        )
+    if dtype in ("int64", "int32") and any(type(v) is float and not v.is_integer() for v in col):
+        raise InvalidArgument(f"{where}.{key}: {SHOWN[dtype]} input takes whole numbers")
+    return arr
+
+
+def _string_column(rows: Sequence[dict[str, Any]], key: str) -> np.ndarray:
+    col = [row[key] for row in rows]
+    if not all(type(v) is str for v in col):
+        for i, v in enumerate(col):
+            if type(v) is not str:
+                raise InvalidArgument(
+                    f"rows[{i}].{key}: categorical feature expects a string, got {_describe(v)}"
+                )
+    arr = np.empty(len(col), dtype=object)
+    arr[:] = col
+    return arr
+
+
+def _bool_column(rows: Sequence[dict[str, Any]], key: str) -> np.ndarray:
+    col = [row[key] for row in rows]
+    for i, v in enumerate(col):
+        if type(v) is not bool:
+            raise InvalidArgument(f"rows[{i}].{key}: expects true or false, got {_describe(v)}")
+    return np.asarray(col, dtype=np.bool_)
+
+
+def _list_column(rows: Sequence[dict[str, Any]], key: str, slot: Slot) -> np.ndarray:
+    width = slot.width
+    flat: list[Any] = []
+    for i, row in enumerate(rows):
+        v = row[key]
+        if not isinstance(v, list):
+            raise InvalidArgument(
+                f"rows[{i}].{key}: input {slot.name!r} takes a list of numbers per row,"
+                f" got {_describe(v)}"
+            )
+        if width >= 0 and len(v) != width:
+            raise InvalidArgument(
+                f"rows[{i}].{key}: {len(v)} numbers given but input {slot.name!r} takes {width}"
+            )
+        if width < 0 and i > 0 and len(v) != len(rows[0][key]):
+            raise InvalidArgument(f"rows[{i}].{key}: rows differ in length")
+        flat.extend(v)
+    fake = [{key: v} for v in flat]
+    return _numeric_column(fake, key, slot.dtype, "rows")
+
+
+def _concrete(row_shape: tuple[int, ...], col: np.ndarray, n: int) -> tuple[int, ...]:
+    if all(d >= 0 for d in row_shape):
+        return row_shape
+    # One dynamic non-batch dimension (list rows): infer it from the data.
+    known = math.prod(d for d in row_shape if d >= 0) or 1
+    per_row = col.size // n if n else 0
+    return tuple(d if d >= 0 else per_row // known for d in row_shape)
+
+
+def _describe(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        shown = v if len(v) <= 40 else v[:37] + "..."
+        return f"string {shown!r}"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, dict):
+        return "an object"
+    return repr(v)

@@ -1,0 +1,479 @@
+"""Model lifecycle in the server: resolution, session cache, loading, reloads, inference.
+
+``ModelManager`` keeps an in-memory view of the registry (name -> versions
+and aliases) so that resolving ``model/version/alias`` costs a dict lookup,
+not a disk read. The view is refreshed
+
+- at once for changes made in this process (``registry.add_listener``), and
+- every ``REFRESH_INTERVAL_S`` by re-reading the store, for changes made by
+  other processes sharing the same home.
+
+A refresh that brings a new latest version or moves an alias first loads the
+newly targeted version (when eager loading is on, or the model already had
+a version loaded), then switches the view, then unloads versions nothing
+points at any more. Requests hold a reference to the loaded version they
+resolved, so requests in flight on an unloaded version finish on it.
+
+Sessions live in an LRU cache bounded by ``session_cache_size`` versions;
+they load lazily on first use (concurrent first requests share one load)
+or at ``start()`` for every aliased version and each model's latest when
+``eager_load``. Loading (sha256-checked read, session creation, warm-up
+inference) runs in a small thread pool, never on the event loop. A version
+that fails to load is marked failed with the reason and answered
+``Unavailable`` with it (retried after ``FAILED_RETRY_S``); other versions
+keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from highpeaks_ml.config import Settings
+from highpeaks_ml.errors import DeadlineExceeded, HighPeaksError, NotFound, Unavailable
+from highpeaks_ml.registry.base import ModelInfo, ModelStore, VersionMeta
+from highpeaks_ml.serving import providers
+from highpeaks_ml.serving.batching import Batcher
+from highpeaks_ml.serving.inputs import InputPlan, Prediction, RowsInput, TensorInput
+
+log = logging.getLogger("highpeaks_ml.serving")
+
+#: How often the store is re-read for changes made by other processes.
+REFRESH_INTERVAL_S = 1.0
+#: How long a failed version stays failed before a request retries the load.
+FAILED_RETRY_S = 30.0
+#: Requests at or above this many elements are validated in the thread pool,
+#: so converting a large typed tensor does not hold up the event loop.
+_LARGE_ELEMENTS = 50_000
+
+_PATHISH = re.compile(r"(?:/[\w.+-]+){2,}/?")
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*(?:[A-Z_]+\s*:\s*)?")
+# onnxruntime's "file.cc:123 namespace::Function(args) " location prefix.
+_ORT_WHERE = re.compile(r"^(?:[A-Z_]+\s*:\s*)?\S+\.(?:cc|cpp|h):\d+\s+\S.*?\)\s+")
+
+
+@dataclass(frozen=True)
+class PredictQuery:
+    """One prediction request in domain terms."""
+
+    name: str
+    version: int | None = None
+    alias: str | None = None
+    data: TensorInput | RowsInput = field(default_factory=lambda: RowsInput(()))
+    #: Subset of ("labels", "probabilities", "values"); empty = all the model has.
+    outputs: frozenset[str] = frozenset()
+
+
+class LoadedVersion:
+    """An onnxruntime session with its plan; kept alive by requests that use it."""
+
+    def __init__(self, meta: VersionMeta, session: Any, plan: InputPlan, provider: str) -> None:
+        self.meta = meta
+        self.session = session
+        self.plan = plan
+        self.provider = provider
+        self.all_outputs = plan.outputs.names(frozenset(), plan.label)
+        self.batcher: Batcher | None = None
+
+    def run(self, feeds: dict[str, np.ndarray], run_options: Any = None) -> list[np.ndarray]:
+        """Run every served output (blocking; called from the thread pool)."""
+        return list(self.session.run(self.all_outputs, feeds, run_options))
+
+
+@dataclass
+class _Entry:
+    """Load state of one (model, version) in this process."""
+
+    state: str = "unloaded"  # unloaded | loading | ready | failed
+    error: str = ""
+    failed_at: float = 0.0
+    loaded: LoadedVersion | None = None
+    loading: asyncio.Future[LoadedVersion] | None = None
+
+
+def _targets(info: ModelInfo) -> set[int]:
+    """Versions a model's callers reach without a number: aliased ones and the latest."""
+    return {*info.aliases.values(), info.latest.version}
+
+
+def _signature(info: ModelInfo) -> tuple[Any, ...]:
+    return (
+        tuple((v.version, v.sha256) for v in info.versions),
+        tuple(sorted(info.aliases.items())),
+    )
+
+
+def _clean(msg: str) -> str:
+    """A client-facing load error: first line, no paths, bounded length."""
+    first = (msg or "").strip().splitlines()[0] if (msg or "").strip() else "unknown error"
+    first = _ORT_WHERE.sub("", _ORT_PREFIX.sub("", first))
+    return _PATHISH.sub("<path>", first)[:300]
+
+
+class ModelManager:
+    """Serves predictions from the registry's versions (see the module docstring)."""
+
+    def __init__(self, settings: Settings, registry: ModelStore) -> None:
+        self.settings = settings
+        self.registry = registry
+        choice = providers.choose_provider(settings)
+        #: The execution provider in use ("CUDAExecutionProvider" or "CPUExecutionProvider").
+        self.provider = choice.provider
+        self.provider_reason = choice.reason
+        self._options: Any = None
+        self._models: dict[str, ModelInfo] = {}
+        self._entries: dict[tuple[str, int], _Entry] = {}
+        self._cache: OrderedDict[tuple[str, int], LoadedVersion] = OrderedDict()
+        workers = max(2, providers.usable_cores())
+        self._infer = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
+        self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="model-load")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._model_locks: dict[str, asyncio.Lock] = {}
+        self._pending: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the registry, subscribe to changes, eager-load, start the re-read loop."""
+        self._loop = asyncio.get_running_loop()
+        infos = await asyncio.to_thread(self.registry.list_models)
+        self._models = {i.name: i for i in infos if i.versions}
+        self.registry.add_listener(self._on_change)
+        if self.settings.eager_load:
+            wanted = [(i.name, v) for i in self._models.values() for v in sorted(_targets(i))]
+            wanted = wanted[: self.settings.session_cache_size]
+            await asyncio.gather(*(self._load_quietly(n, v) for n, v in wanted))
+        self._refresh_task = self._loop.create_task(self._refresh_loop())
+        log.info(
+            "serving on %s",
+            self.provider,
+            extra={"models": len(self._models), "loaded": len(self._cache)},
+        )
+
+    async def close(self) -> None:
+        """Stop the re-read loop and release every session."""
+        self._closed = True
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh_task
+        for task in list(self._tasks):
+            task.cancel()
+        self._cache.clear()
+        self._entries.clear()
+        self._infer.shutdown(wait=False, cancel_futures=True)
+        self._loader.shutdown(wait=False, cancel_futures=True)
+
+    # --- status -------------------------------------------------------------
+
+    def version_status(self, name: str, version: int) -> tuple[str, str, str]:
+        """(load_state, load_error, execution_provider) of a version in this process."""
+        entry = self._entries.get((name, version))
+        if entry is None:
+            return "unloaded", "", ""
+        if entry.state == "ready" and entry.loaded is not None:
+            return "ready", "", entry.loaded.provider
+        return entry.state, entry.error, ""
+
+    # --- prediction ---------------------------------------------------------
+
+    async def predict(self, query: PredictQuery, time_limit: float | None = None) -> Prediction:
+        """Resolve, load if needed, validate, run and assemble one request.
+
+        ``time_limit`` (seconds) is the caller's remaining deadline: past it the
+        work stops (a running inference is terminated) and ``DeadlineExceeded``
+        is raised. Cancelling the calling task stops the work the same way.
+        """
+        if time_limit is None:
+            return await self._predict(query)
+        if time_limit <= 0:
+            raise DeadlineExceeded("the deadline passed before the prediction started")
+        try:
+            async with asyncio.timeout(time_limit):
+                return await self._predict(query)
+        except TimeoutError:
+            log.info(
+                "prediction stopped: deadline exceeded",
+                extra={"model": query.name, "time_limit_s": round(time_limit, 6)},
+            )
+            raise DeadlineExceeded(
+                f"deadline exceeded after {time_limit:.3f}s while predicting with model"
+                f" {query.name!r}"
+            ) from None
+
+    async def _predict(self, query: PredictQuery) -> Prediction:
+        meta = await self.resolve(query.name, query.version, query.alias)
+        lv = await self.get_loaded(meta)
+        plan = lv.plan
+        names = plan.outputs.names(query.outputs, plan.label)
+        data = query.data
+        max_rows = self.settings.max_predict_rows
+        if _elements(data) >= _LARGE_ELEMENTS:
+            loop = asyncio.get_running_loop()
+            feeds, rows = await loop.run_in_executor(self._infer, plan.feeds, data, max_rows)
+        else:
+            feeds, rows = plan.feeds(data, max_rows)
+        if rows == 0:
+            return plan.assemble(names, plan.empty_outputs(names), lv.provider, 0)
+        if lv.batcher is not None and rows < lv.batcher.max_rows:
+            outs = await lv.batcher.submit(feeds, rows)
+        else:
+            outs = await self._run(lv, feeds)
+        by_name = dict(zip(lv.all_outputs, outs, strict=True))
+        return plan.assemble(names, [by_name[n] for n in names], lv.provider, rows)
+
+    async def _run(self, lv: LoadedVersion, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import onnxruntime as ort
+
+        run_options = ort.RunOptions()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._infer, lv.run, feeds, run_options)
+        except asyncio.CancelledError:
+            # The caller went away or its deadline passed: stop the inference.
+            run_options.terminate = True
+            raise
+
+    # --- resolution ---------------------------------------------------------
+
+    async def resolve(
+        self, name: str, version: int | None = None, alias: str | None = None
+    ) -> VersionMeta:
+        """The version a request names, from the in-memory view (the store when unknown)."""
+        info = self._models.get(name)
+        if info is not None:
+            meta = _pick(info, version, alias)
+            if meta is not None:
+                return meta
+        # Not in the view: maybe created by another process since the last re-read.
+        meta = await asyncio.to_thread(self.registry.resolve, name, version, alias)
+        self._schedule_refresh(name)
+        return meta
+
+    # --- loading ------------------------------------------------------------
+
+    async def get_loaded(self, meta: VersionMeta) -> LoadedVersion:
+        """The loaded session of ``meta``, loading it first when needed."""
+        key = (meta.model_name, meta.version)
+        lv = self._cache.get(key)
+        if lv is not None and lv.meta.sha256 == meta.sha256:
+            self._cache.move_to_end(key)
+            return lv
+        entry = self._entries.setdefault(key, _Entry())
+        if entry.state == "failed" and time.monotonic() - entry.failed_at < FAILED_RETRY_S:
+            raise Unavailable(entry.error)
+        return await self._load(meta)
+
+    async def _load(self, meta: VersionMeta) -> LoadedVersion:
+        key = (meta.model_name, meta.version)
+        entry = self._entries.setdefault(key, _Entry())
+        if entry.loading is not None and not entry.loading.done():
+            return await asyncio.shield(entry.loading)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[LoadedVersion] = loop.create_future()
+        entry.loading = fut
+        entry.state = "loading"
+        started = time.perf_counter()
+        try:
+            lv = await loop.run_in_executor(self._loader, self._load_sync, meta)
+        except Exception as exc:
+            if isinstance(exc, HighPeaksError):
+                reason = exc.message  # the store's words (sha256 mismatch, unreadable)
+            else:
+                reason = (
+                    f"model {meta.model_name!r} version {meta.version} failed to load:"
+                    f" {_clean(str(exc))}"
+                )
+            entry.state, entry.error, entry.failed_at = "failed", reason, time.monotonic()
+            entry.loaded = None
+            log.warning("load failed: %s", reason)
+            error = Unavailable(reason)
+            fut.set_exception(error)
+            fut.exception()  # retrieved: waiters get it through shield()
+            raise error from None
+        if self.settings.batching and lv.plan.batchable:
+            lv.batcher = Batcher(
+                lv.run,
+                self._infer,
+                self.settings.max_batch_size,
+                self.settings.max_batch_delay_us / 1e6,
+                max_inflight=max(1, providers.usable_cores()),
+            )
+        entry.state, entry.error, entry.loaded = "ready", "", lv
+        self._cache[key] = lv
+        self._cache.move_to_end(key)
+        self._evict()
+        fut.set_result(lv)
+        log.info(
+            "loaded model %s version %d on %s",
+            meta.model_name,
+            meta.version,
+            lv.provider,
+            extra={"ms": round((time.perf_counter() - started) * 1000, 1)},
+        )
+        return lv
+
+    async def _load_quietly(self, name: str, version: int) -> None:
+        info = self._models.get(name)
+        meta = _pick(info, version, None) if info else None
+        if meta is None:
+            return
+        with contextlib.suppress(HighPeaksError):
+            await self.get_loaded(meta)
+
+    def _load_sync(self, meta: VersionMeta) -> LoadedVersion:
+        import onnxruntime as ort
+
+        data = self.registry.read_model(meta.model_name, meta.version)
+        if self._options is None:
+            self._options = providers.session_options(self.settings)
+        session = ort.InferenceSession(
+            data, self._options, providers=providers.provider_list(self.provider)
+        )
+        plan = InputPlan.build(
+            meta,
+            [(i.name, i.type, i.shape) for i in session.get_inputs()],
+            [(o.name, o.type, o.shape) for o in session.get_outputs()],
+        )
+        lv = LoadedVersion(meta, session, plan, session.get_providers()[0])
+        if self.settings.warmup:
+            try:
+                lv.run(plan.warmup_feeds())
+            except Exception as exc:
+                # A model may reject zeros (e.g. a fixed vocabulary); real
+                # requests will tell. The session itself loaded fine.
+                log.warning(
+                    "warm-up of model %s version %d failed: %s",
+                    meta.model_name,
+                    meta.version,
+                    _clean(str(exc)),
+                )
+        return lv
+
+    def _evict(self) -> None:
+        while len(self._cache) > self.settings.session_cache_size:
+            key, _lv = self._cache.popitem(last=False)
+            self._unload(key)
+
+    def _unload(self, key: tuple[str, int]) -> None:
+        self._cache.pop(key, None)
+        entry = self._entries.get(key)
+        if entry is not None and entry.state == "ready":
+            entry.state, entry.loaded = "unloaded", None
+            log.info("unloaded model %s version %d", *key)
+
+    # --- change tracking ----------------------------------------------------
+
+    def _on_change(self, name: str) -> None:
+        """Registry listener: may be called from any thread."""
+        loop = self._loop
+        if loop is None or self._closed or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._schedule_refresh, name)
+
+    def _schedule_refresh(self, name: str) -> None:
+        if self._closed or name in self._pending:
+            return
+        self._pending.add(name)
+        task = asyncio.get_running_loop().create_task(self._refresh_model(name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _refresh_model(self, name: str, info: ModelInfo | None = None) -> None:
+        lock = self._model_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            self._pending.discard(name)
+            if info is None:
+                try:
+                    info = await asyncio.to_thread(self.registry.get_model, name)
+                except NotFound:
+                    info = None
+            old = self._models.get(name)
+            if info is None or not info.versions:
+                self._models.pop(name, None)
+                for key in [k for k in self._entries if k[0] == name]:
+                    self._unload(key)
+                    self._entries.pop(key, None)
+                return
+            if old is not None and _signature(old) == _signature(info):
+                return
+            new_targets = _targets(info)
+            had_loaded = any(k[0] == name for k in self._cache)
+            # 1. load what the new state points at (so no caller waits for it) ...
+            if self.settings.eager_load or had_loaded:
+                for v in sorted(new_targets):
+                    meta = _pick(info, v, None)
+                    if meta is not None:
+                        with contextlib.suppress(HighPeaksError):
+                            await self.get_loaded(meta)
+            # 2. ... then switch ...
+            self._models[name] = info
+            # 3. ... then unload what nothing points at any more (or what is gone).
+            present = {v.version: v for v in info.versions}
+            old_targets = _targets(old) if old is not None else set()
+            for key in [k for k in list(self._entries) if k[0] == name]:
+                v = key[1]
+                if v not in present:
+                    self._unload(key)
+                    self._entries.pop(key, None)
+                elif v in old_targets and v not in new_targets:
+                    self._unload(key)
+            log.info(
+                "model %s changed",
+                name,
+                extra={"latest": info.latest.version, "aliases": dict(info.aliases)},
+            )
+
+    async def _refresh_loop(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(REFRESH_INTERVAL_S)
+            try:
+                infos = await asyncio.to_thread(self.registry.list_models)
+            except Exception as exc:
+                log.warning("re-reading the model store failed: %s", _clean(str(exc)))
+                continue
+            seen = {i.name: i for i in infos if i.versions}
+            for name, info in seen.items():
+                old = self._models.get(name)
+                if old is None or _signature(old) != _signature(info):
+                    await self._refresh_model(name, info)
+            for name in [n for n in self._models if n not in seen]:
+                await self._refresh_model(name, None)
+
+
+def _pick(info: ModelInfo, version: int | None, alias: str | None) -> VersionMeta | None:
+    """The version of ``info`` named by number/alias/latest, or None when not in the view."""
+    if alias:
+        v = info.aliases.get(alias)
+        if v is None:
+            return None
+        version = v
+    if version:
+        for meta in info.versions:
+            if meta.version == version:
+                return meta
+        return None
+    return info.latest
+
+
+def _elements(data: TensorInput | RowsInput) -> int:
+    if isinstance(data, RowsInput):
+        return len(data.rows) * 8
+    if data.raw:
+        return len(data.raw) // 4
+    return len(data.values) if data.values is not None else 0
+
+
+__all__ = ["LoadedVersion", "ModelManager", "PredictQuery"]

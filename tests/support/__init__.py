@@ -1,0 +1,1 @@
+"""Helpers shared by the tests (real tiny models, fakes of interfaces)."""

@@ -1,0 +1,394 @@
+"""ModelManager with an in-memory store and real skl2onnx exports (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from highpeaks_ml.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from highpeaks_ml.serving import manager as manager_mod
+from highpeaks_ml.serving import providers
+from highpeaks_ml.serving.inputs import RowsInput, TensorInput
+from highpeaks_ml.serving.manager import ModelManager, PredictQuery
+from tests.conftest import ROOT, make_settings
+from tests.support import serving_models as sm
+from tests.support.serving_store import MemoryStore
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def raw(x: np.ndarray) -> TensorInput:
+    return TensorInput(str(x.dtype), x.shape, raw=x.tobytes())
+
+
+def iris_query(name: str = "iris", n: int = 5, **kw) -> PredictQuery:
+    return PredictQuery(name, data=raw(sm.iris_logreg().X[:n]), **kw)
+
+
+async def started(store: MemoryStore, tmp_path: Path, **settings) -> ModelManager:
+    m = ModelManager(make_settings(tmp_path, **settings), store)
+    await m.start()
+    return m
+
+
+async def until(predicate, limit_s: float = 20.0) -> None:
+    """Wait (polling the loop) until ``predicate()`` holds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit_s
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.01)
+
+
+def unsupported_op_model() -> bytes:
+    graph = helper.make_graph(
+        [helper.make_node("Frobnicate", ["input"], ["y"], domain="com.example")],
+        "bad",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
+    )
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    s = MemoryStore()
+    exp = sm.iris_logreg()
+    s.publish("iris", exp.onnx, exp.meta)
+    return s
+
+
+def test_predicts_like_sklearn_and_reports_provider(store, tmp_path):
+    async def main():
+        m = await started(store, tmp_path)
+        try:
+            exp = sm.iris_logreg()
+            pred = await m.predict(PredictQuery("iris", data=raw(exp.X)))
+            assert pred.model_name == "iris" and pred.version == 1
+            assert pred.provider == m.provider == "CPUExecutionProvider"
+            np.testing.assert_array_equal(pred.labels, exp.estimator.predict(exp.X))
+            np.testing.assert_allclose(
+                pred.probabilities, exp.estimator.predict_proba(exp.X), atol=1e-5
+            )
+            assert m.version_status("iris", 1) == ("ready", "", "CPUExecutionProvider")
+            assert m.version_status("iris", 7) == ("unloaded", "", "")
+        finally:
+            await m.close()
+
+    run(main())
+
+
+def test_eager_load_targets_aliased_and_latest_only(store, tmp_path):
+    exp = sm.iris_logreg()
+    store.publish("iris", exp.onnx, exp.meta)  # v2
+    store.publish("iris", exp.onnx, exp.meta)  # v3 (latest)
+    store.set_alias("iris", "production", 1)
+
+    async def main():
+        m = await started(store, tmp_path)
+        try:
+            assert m.version_status("iris", 1)[0] == "ready"
+            assert m.version_status("iris", 2)[0] == "unloaded"
+            assert m.version_status("iris", 3)[0] == "ready"
+        finally:
+            await m.close()
+
+    run(main())
+
+
+def test_lazy_load_on_first_use(store, tmp_path):
+    async def main():
+        m = await started(store, tmp_path, eager_load=False)
+        try:
+            assert m.version_status("iris", 1)[0] == "unloaded"
+            assert store.reads == 0
+            await asyncio.gather(*(m.predict(iris_query()) for _ in range(5)))
+            # Concurrent first requests share one load.
+            assert store.reads == 1
+            assert m.version_status("iris", 1)[0] == "ready"
+        finally:
+            await m.close()
+
+    run(main())
+
+
+def test_lru_bound(store, tmp_path):
+    exp = sm.iris_logreg()
+    for _ in range(2):
+        store.publish("iris", exp.onnx, exp.meta)
+
+    async def main():
+        m = await started(store, tmp_path, eager_load=False, session_cache_size=2)
+        try:
+            for v in (1, 2, 3):
+                await m.predict(iris_query(version=v))
+            assert [m.version_status("iris", v)[0] for v in (1, 2, 3)] == [
+                "unloaded",
+                "ready",
+                "ready",
+            ]
+            await m.predict(iris_query(version=2))  # 2 becomes most recent
+            await m.predict(iris_query(version=1))  # loads 1 again, evicts 3
+            assert [m.version_status("iris", v)[0] for v in (1, 2, 3)] == [
+                "ready",
+                "ready",
+                "unloaded",
+            ]
+            assert store.reads == 4
+        finally:
+            await m.close()
+
+    run(main())
+
+
+def test_not_found(store, tmp_path):
+    async def main():
+        m = await started(store, tmp_path)
+        try:
+            with pytest.raises(NotFound, match="'nope'"):
+                await m.predict(iris_query("nope"))
+            with pytest.raises(NotFound, match="version 9"):
+                await m.predict(iris_query(version=9))
+            with pytest.raises(NotFound, match="alias 'gone'"):
+                await m.predict(iris_query(alias="gone"))
+        finally:
+            await m.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("damage", ["tamper", "garbage", "unsupported_op"])
+def test_broken_version_is_refused_while_others_serve(store, tmp_path, damage):
+    exp = sm.iris_logreg()
+    if damage == "tamper":
+        store.publish("broken", exp.onnx, exp.meta)
+        store.tamper("broken", 1)
+        needle = "sha256 mismatch"
+    elif damage == "garbage":
+        store.put_unchecked("broken", b"\x08\x01garbage", exp.meta)
+        needle = "failed to load"
+    else:
+        store.put_unchecked("broken", unsupported_op_model(), exp.meta)
+        needle = "Frobnicate"
+
+    async def main():
+        m = await started(store, tmp_path)
+        try:
+            state, error, _ = m.version_status("broken", 1)
+            assert state == "failed" and needle in error
+            assert "onnxruntime_src" not in error and ".cc:" not in error  # no internals
+            for _ in range(2):  # sticky: answered from the recorded failure
+                with pytest.raises(Unavailable, match=needle):
+                    await m.predict(iris_query("broken"))
+            pred = await m.predict(iris_query("iris"))
+            assert len(pred.labels) == 5
+        finally:
+            await m.close()
+
+    run(main())
+
+
+def test_new_version_and_alias_move_are_picked_up(store, tmp_path):
+    store.set_alias("iris", "production", 1)
+    other = sm.iris_logreg(c=0.01)
+
+    async def main():
+        m = await started(store, tmp_path)
+        try:
+            pinned = await m.get_loaded(await m.resolve("iris", 1))
+            store.publish("iris", other.onnx, other.meta)  # v2, latest
+            await until(lambda: m._models["iris"].latest.version == 2)
+            # Loaded before the switch.
+            assert m.version_status("iris", 2)[0] == "ready"
+            pred = await m.predict(iris_query())
+            assert pred.version == 2
+            assert (await m.predict(iris_query(alias="production"))).version == 1
+            store.set_alias("iris", "production", 2)
+            await until(lambda: m._models["iris"].aliases["production"] == 2)
+            assert (await m.predict(iris_query(alias="production"))).version == 2
+            # Version 1 is no longer a target: unloaded, yet a holder can still run it.
+            assert m.version_status("iris", 1)[0] == "unloaded"
+            feeds, _ = pinned.plan.feeds(raw(sm.iris_logreg().X[:2]), 10)
+            assert len(pinned.run(feeds)[0]) == 2
+            # And an explicit request for it loads it again.
+            assert (await m.predict(iris_query(version=1))).version == 1
+        finally:
+            await m.close()
+
+    run(main())
+
+
+def test_changes_from_other_processes_are_seen_by_the_periodic_reread(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(manager_mod, "REFRESH_INTERVAL_S", 0.05)
+    exp = sm.iris_logreg()
+
+    async def main():
+        m = await started(store, tmp_path)
+        try:
+            # Simulate another process: change the store without telling listeners.
+            listeners, store._listeners = store._listeners, []
+            store.publish("iris", exp.onnx, exp.meta)
+            store._listeners = listeners
+            await until(lambda: m._models["iris"].latest.version == 2)
+            assert (await m.predict(iris_query())).version == 2
+        finally:
+            await m.close()
+
+    run(main())
+
+
+def test_deleted_version_is_forgotten(store, tmp_path):
+    exp = sm.iris_logreg()
+    store.publish("iris", exp.onnx, exp.meta)
+
+    async def main():
+        m = await started(store, tmp_path)
+        try:
+            await m.predict(iris_query(version=1))
+            store.delete_version("iris", 1)
+            await until(lambda: len(m._models["iris"].versions) == 1)
+            with pytest.raises(NotFound):
+                await m.predict(iris_query(version=1))
+            assert m.version_status("iris", 1)[0] == "unloaded"
+        finally:
+            await m.close()
+
+    run(main())
+
+
+def test_deadline(store, tmp_path):
+    async def main():
+        m = await started(store, tmp_path)
+        try:
+            with pytest.raises(DeadlineExceeded):
+                await m.predict(iris_query(), time_limit=0)
+            with pytest.raises(DeadlineExceeded, match="deadline exceeded"):
+                await m.predict(iris_query(), time_limit=1e-9)
+            # Still serving afterwards.
+            assert len((await m.predict(iris_query(), time_limit=30)).labels) == 5
+        finally:
+            await m.close()
+
+    run(main())
+
+
+def test_validation_and_zero_rows(store, tmp_path):
+    async def main():
+        m = await started(store, tmp_path, max_predict_rows=3)
+        try:
+            with pytest.raises(InvalidArgument, match="limit of 3"):
+                await m.predict(iris_query(n=4))
+            pred = await m.predict(
+                PredictQuery("iris", data=TensorInput("float32", (0, 4), raw=b""))
+            )
+            assert pred.labels.shape == (0,) and pred.probabilities.shape == (0, 3)
+            pred = await m.predict(PredictQuery("iris", data=RowsInput([])))
+            assert pred.rows == 0
+        finally:
+            await m.close()
+
+    run(main())
+
+
+def test_batching_on_gives_the_same_labels_and_splits_exactly(store, tmp_path):
+    exp = sm.iris_logreg()
+    rows = [exp.X[i : i + 1 + i % 3] for i in range(0, 60, 4)]
+
+    async def serve(batching: bool):
+        m = await started(store, tmp_path, batching=batching, max_batch_delay_us=2000)
+        try:
+            preds = await asyncio.gather(
+                *(m.predict(PredictQuery("iris", data=raw(x))) for x in rows)
+            )
+            lv = m._cache[("iris", 1)]
+            merged = lv.batcher.runs < lv.batcher.requests if lv.batcher else None
+            return preds, merged
+        finally:
+            await m.close()
+
+    on, merged = run(serve(True))
+    off, none = run(serve(False))
+    assert merged is True and none is None
+    for a, b, x in zip(on, off, rows, strict=True):
+        assert len(a.labels) == len(x)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_allclose(a.probabilities, b.probabilities, rtol=0, atol=2e-6)
+
+
+def test_cpu_device_does_not_probe(tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("probed")
+
+    monkeypatch.setattr(providers, "probe_cuda", boom)
+    choice = providers.choose_provider(make_settings(tmp_path, device="cpu"))
+    assert choice.provider == "CPUExecutionProvider"
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_auto_chooses_cpu_quietly_with_one_log_line():
+    proc = _python(
+        "from highpeaks_ml.logs import configure_logging;"
+        "from highpeaks_ml.config import Settings;"
+        "from highpeaks_ml.serving.providers import choose_provider;"
+        "configure_logging('DEBUG');"
+        "print(choose_provider(Settings.load({'device': 'auto'})).provider)"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "CPUExecutionProvider"
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "execution provider CPUExecutionProvider" in lines[0]
+    assert "device=auto" in lines[0] and "CUDA not usable" in lines[0]
+
+
+def test_cuda_probe_past_the_driver_check_is_quiet():
+    # Skip the cheap driver check so onnxruntime really tries (and fails) to
+    # load its CUDA provider: nothing of that may reach stdout/stderr.
+    proc = _python(
+        "from highpeaks_ml.serving.providers import probe_cuda;"
+        "ok, why = probe_cuda(check_driver=False);"
+        "import sys; sys.stdout.write(f'RESULT {ok} {why}')"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.startswith("RESULT False ")
+    assert len(proc.stdout) > len("RESULT False ")
+
+
+def test_cuda_device_fails_clearly(tmp_path):
+    with pytest.raises(Unavailable, match=r"device=cuda but CUDA is not usable: .+"):
+        providers.choose_provider(make_settings(tmp_path, device="cuda"))
+
+
+def test_session_options(tmp_path):
+    opts = providers.session_options(make_settings(tmp_path, intra_op_threads=3))
+    assert opts.intra_op_num_threads == 3
+    opts = providers.session_options(make_settings(tmp_path, graph_optimization="basic"))
+    assert opts.intra_op_num_threads == min(providers.usable_cores(), 8)
+    assert providers.provider_list("CPUExecutionProvider") == ["CPUExecutionProvider"]
+    assert providers.provider_list("CUDAExecutionProvider")[0][0] == "CUDAExecutionProvider"
