@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -41,6 +42,7 @@ class _Item:
     feeds: dict[str, np.ndarray]
     rows: int
     future: asyncio.Future[list[np.ndarray]]
+    queued_at: float = 0.0
 
 
 class Batcher:
@@ -53,8 +55,11 @@ class Batcher:
         max_rows: int,
         max_delay_s: float,
         max_inflight: int = 2,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
         self._run_fn = run
+        #: Called with each request's wait (s) from submit to its batch's start (metrics).
+        self._on_wait = on_wait
         self._executor = executor
         self.max_rows = max(1, max_rows)
         self.max_delay_s = max(0.0, max_delay_s)
@@ -73,7 +78,7 @@ class Batcher:
     async def submit(self, feeds: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
         """Queue one validated request; return its rows of every output."""
         loop = asyncio.get_running_loop()
-        item = _Item(feeds, rows, loop.create_future())
+        item = _Item(feeds, rows, loop.create_future(), time.perf_counter())
         self._queue.append(item)
         self._queued_rows += rows
         waiter = self._waiter
@@ -130,6 +135,10 @@ class Batcher:
         try:
             self.runs += 1
             self.requests += len(batch)
+            if self._on_wait is not None:
+                now = time.perf_counter()
+                for it in batch:
+                    self._on_wait(now - it.queued_at)
             if len(batch) == 1:
                 await self._run_alone(batch[0])
                 return

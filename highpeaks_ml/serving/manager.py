@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from highpeaks_ml import metrics
 from highpeaks_ml.config import Settings
 from highpeaks_ml.errors import DeadlineExceeded, HighPeaksError, NotFound, Unavailable
 from highpeaks_ml.registry.base import ModelInfo, ModelStore, VersionMeta
@@ -84,9 +86,28 @@ class LoadedVersion:
         self.all_outputs = plan.outputs.names(frozenset(), plan.label)
         self.batcher: Batcher | None = None
 
-    def run(self, feeds: dict[str, np.ndarray], run_options: Any = None) -> list[np.ndarray]:
-        """Run every served output (blocking; called from the thread pool)."""
-        return list(self.session.run(self.all_outputs, feeds, run_options))
+    def run(
+        self,
+        feeds: dict[str, np.ndarray],
+        run_options: Any = None,
+        queued_at: float | None = None,
+        *,
+        record: bool = True,
+    ) -> list[np.ndarray]:
+        """Run every served output (blocking; called from the thread pool).
+
+        Records the batch size and compute time (and, given ``queued_at``, the
+        wait since then) in the metrics; ``record=False`` for warm-up runs.
+        """
+        started = time.perf_counter()
+        outs = list(self.session.run(self.all_outputs, feeds, run_options))
+        if record:
+            name, version = self.meta.model_name, self.meta.version
+            rows = next(iter(feeds.values())).shape[0] if feeds else 0
+            metrics.record_inference(name, version, rows, time.perf_counter() - started)
+            if queued_at is not None:
+                metrics.record_queue_wait(name, started - queued_at)
+        return outs
 
 
 @dataclass
@@ -173,6 +194,7 @@ class ModelManager:
             task.cancel()
         self._cache.clear()
         self._entries.clear()
+        metrics.set_loaded_sessions(0)
         self._infer.shutdown(wait=False, cancel_futures=True)
         self._loader.shutdown(wait=False, cancel_futures=True)
 
@@ -231,6 +253,7 @@ class ModelManager:
             outs = await lv.batcher.submit(feeds, rows)
         else:
             outs = await self._run(lv, feeds)
+        metrics.record_prediction(lv.meta.model_name, lv.meta.version, rows)
         by_name = dict(zip(lv.all_outputs, outs, strict=True))
         return plan.assemble(names, [by_name[n] for n in names], lv.provider, rows)
 
@@ -240,7 +263,8 @@ class ModelManager:
         run_options = ort.RunOptions()
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._infer, lv.run, feeds, run_options)
+            queued_at = time.perf_counter()
+            return await loop.run_in_executor(self._infer, lv.run, feeds, run_options, queued_at)
         except asyncio.CancelledError:
             # The caller went away or its deadline passed: stop the inference.
             run_options.terminate = True
@@ -298,6 +322,7 @@ class ModelManager:
                 )
             entry.state, entry.error, entry.failed_at = "failed", reason, time.monotonic()
             entry.loaded = None
+            metrics.record_model_load(meta.model_name, time.perf_counter() - started, ok=False)
             log.warning("load failed: %s", reason)
             error = Unavailable(reason)
             fut.set_exception(error)
@@ -310,11 +335,14 @@ class ModelManager:
                 self.settings.max_batch_size,
                 self.settings.max_batch_delay_us / 1e6,
                 max_inflight=max(1, providers.usable_cores()),
+                on_wait=functools.partial(metrics.record_queue_wait, meta.model_name),
             )
         entry.state, entry.error, entry.loaded = "ready", "", lv
         self._cache[key] = lv
         self._cache.move_to_end(key)
         self._evict()
+        metrics.record_model_load(meta.model_name, time.perf_counter() - started, ok=True)
+        metrics.set_loaded_sessions(len(self._cache))
         fut.set_result(lv)
         log.info(
             "loaded model %s version %d on %s",
@@ -350,7 +378,7 @@ class ModelManager:
         lv = LoadedVersion(meta, session, plan, session.get_providers()[0])
         if self.settings.warmup:
             try:
-                lv.run(plan.warmup_feeds())
+                lv.run(plan.warmup_feeds(), record=False)
             except Exception as exc:
                 # A model may reject zeros (e.g. a fixed vocabulary); real
                 # requests will tell. The session itself loaded fine.
@@ -373,6 +401,7 @@ class ModelManager:
         if entry is not None and entry.state == "ready":
             entry.state, entry.loaded = "unloaded", None
             log.info("unloaded model %s version %d", *key)
+        metrics.set_loaded_sessions(len(self._cache))
 
     # --- change tracking ----------------------------------------------------
 
