@@ -7,7 +7,7 @@ generic message and the traceback goes to the log only. It is the outermost
 interceptor: the authentication interceptor (``api/auth.py``) runs inside
 it, so refused calls are mapped, logged (with the caller's subject) and
 counted like any other. While the server drains (``Lifecycle.draining``)
-new RPCs other than health and reflection get UNAVAILABLE.
+new RPCs other than health checks get UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import grpc
 from grpc import aio
 
 from highpeaks_ml import errors
-from highpeaks_ml.api.auth import KNOWN_METHODS, PUBLIC_METHODS
+from highpeaks_ml.api.auth import KNOWN_METHODS
 from highpeaks_ml.api.context import NO_SUBJECT, subject_var
 from highpeaks_ml.api.errors import status_for
 from highpeaks_ml.logs import request_id_var
@@ -38,6 +38,10 @@ log = logging.getLogger("highpeaks_ml.rpc")
 # seconds do not drown the RPC log.
 _QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 REQUEST_ID_KEY = "x-request-id"
+# While draining, probes must keep getting answers (NOT_SERVING): health only.
+_DRAIN_EXEMPT = frozenset(
+    {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", "/grpc.health.v1.Health/List"}
+)
 _MAX_REQUEST_ID = 128
 
 
@@ -79,9 +83,9 @@ class _Call:
             self.owner.metrics.rpcs_in_flight.labels(self.label).inc()
 
     def admit(self) -> None:
-        """Refuse new work while draining; probes and reflection still answer."""
+        """Refuse new work while draining; health probes still answer."""
         lifecycle = self.owner.lifecycle
-        if lifecycle is not None and lifecycle.draining and self.method not in PUBLIC_METHODS:
+        if lifecycle is not None and lifecycle.draining and self.method not in _DRAIN_EXEMPT:
             raise errors.Unavailable("server is shutting down; retry on another replica")
 
     async def fail(self, context: aio.ServicerContext, exc: BaseException) -> None:
