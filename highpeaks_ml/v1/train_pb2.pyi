@@ -74,14 +74,16 @@ JOB_STAGE_VERIFYING: JobStage
 JOB_STAGE_REGISTERING: JobStage
 
 class DatasetUploadInfo(_message.Message):
-    __slots__ = ("name", "format", "sha256")
+    __slots__ = ("name", "format", "sha256", "target_column")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    TARGET_COLUMN_FIELD_NUMBER: _ClassVar[int]
     name: str
     format: DatasetFormat
     sha256: str
-    def __init__(self, name: _Optional[str] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., sha256: _Optional[str] = ...) -> None: ...
+    target_column: str
+    def __init__(self, name: _Optional[str] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., sha256: _Optional[str] = ..., target_column: _Optional[str] = ...) -> None: ...
 
 class UploadDatasetRequest(_message.Message):
     __slots__ = ("info", "chunk")
