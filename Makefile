@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint typecheck proto proto-check pytest bench lock clean
+.PHONY: help venv run test lint typecheck proto proto-check pytest deploy-check bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ proto-check: $(STAMP) ## fail when the committed stubs differ from a fresh gener
 
 pytest: $(STAMP) ## run pytest only
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+deploy-check: $(STAMP) ## render + validate the k8s overlays offline, lint Dockerfile/YAML/workflow
+	$(BIN)/pytest tests/unit/test_deploy.py -q
 
 bench: $(STAMP) ## serving benchmark on loopback (prints ratios against baselines)
 	$(PY) scripts/bench_serving.py
