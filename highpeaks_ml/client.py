@@ -16,6 +16,7 @@ server pass ``tls_ca=`` (the CA that signed the server certificate) or
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,140 @@ class Client:
         """The grpc.health.v1 status name of ``service`` ('' = the whole server)."""
         resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), **self._kw())
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+    # --- registry ---
+    # Methods return the protobuf messages of highpeaks_ml.v1 (registry_pb2):
+    # Model, ModelVersion, DeleteModelVersionResponse; convert them with
+    # google.protobuf.json_format.MessageToDict when plain dicts are wanted.
+
+    def list_models(self) -> Any:
+        """Every model with its latest version and aliases (``registry_pb2.Model`` list)."""
+        from highpeaks_ml.v1 import registry_pb2
+
+        resp = self.registry.ListModels(registry_pb2.ListModelsRequest(), **self._kw())
+        return list(resp.models)
+
+    def get_model(self, name: str) -> Any:
+        """One model with all its versions (``registry_pb2.Model``)."""
+        from highpeaks_ml.v1 import registry_pb2
+
+        return self.registry.GetModel(registry_pb2.GetModelRequest(name=name), **self._kw())
+
+    @staticmethod
+    def _ref(name: str, version: int | None, alias: str | None) -> Any:
+        from highpeaks_ml.v1 import common_pb2
+
+        if version is not None and alias is not None:
+            raise ValueError("give a version or an alias, not both")
+        if version is not None:
+            return common_pb2.ModelRef(name=name, version=version)
+        if alias is not None:
+            return common_pb2.ModelRef(name=name, alias=alias)
+        return common_pb2.ModelRef(name=name)
+
+    def get_version(self, name: str, version: int | None = None, alias: str | None = None) -> Any:
+        """One version by number, alias, or the latest (``registry_pb2.ModelVersion``)."""
+        from highpeaks_ml.v1 import registry_pb2
+
+        req = registry_pb2.GetModelVersionRequest(model=self._ref(name, version, alias))
+        return self.registry.GetModelVersion(req, **self._kw())
+
+    def set_alias(self, name: str, alias: str, version: int) -> Any:
+        """Point ``alias`` at ``version`` (create or move); returns the ``Model``."""
+        from highpeaks_ml.v1 import registry_pb2
+
+        req = registry_pb2.SetAliasRequest(model_name=name, alias=alias, version=version)
+        return self.registry.SetAlias(req, **self._kw())
+
+    def delete_alias(self, name: str, alias: str) -> Any:
+        """Remove an alias; returns the ``Model``."""
+        from highpeaks_ml.v1 import registry_pb2
+
+        req = registry_pb2.DeleteAliasRequest(model_name=name, alias=alias)
+        return self.registry.DeleteAlias(req, **self._kw())
+
+    def delete_version(self, name: str, version: int, force: bool = False) -> Any:
+        """Delete a version (``force`` also removes aliases pointing at it).
+
+        Returns ``DeleteModelVersionResponse`` (the model afterwards and the
+        removed aliases).
+        """
+        from highpeaks_ml.v1 import registry_pb2
+
+        req = registry_pb2.DeleteModelVersionRequest(model_name=name, version=version, force=force)
+        return self.registry.DeleteModelVersion(req, **self._kw())
+
+    def import_model(
+        self,
+        name: str,
+        path_or_bytes: str | Path | bytes,
+        task: str | None = None,
+        class_labels: Sequence[str] = (),
+        aliases: Sequence[str] = (),
+        description: str = "",
+        chunk_size: int = 1024 * 1024,
+    ) -> Any:
+        """Register an ONNX file (a path or its bytes) as the next version of ``name``.
+
+        ``task`` is "classification", "regression" or None. The file is
+        streamed in ``chunk_size`` pieces with its sha256, which the server
+        checks. Returns the new ``registry_pb2.ModelVersion``.
+        """
+        import hashlib
+
+        from highpeaks_ml.v1 import common_pb2, registry_pb2
+
+        tasks = {
+            None: common_pb2.TASK_UNSPECIFIED,
+            "classification": common_pb2.TASK_CLASSIFICATION,
+            "regression": common_pb2.TASK_REGRESSION,
+        }
+        if task not in tasks:
+            raise ValueError(f"unknown task {task!r}: use classification or regression")
+        if isinstance(path_or_bytes, bytes):
+            data = path_or_bytes
+        else:
+            with open(path_or_bytes, "rb") as f:
+                data = f.read()
+        info = registry_pb2.ImportModelInfo(
+            model_name=name,
+            task=tasks[task],
+            class_labels=list(class_labels),
+            aliases=list(aliases),
+            description=description,
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+
+        def requests() -> Iterator[Any]:
+            yield registry_pb2.ImportModelRequest(info=info)
+            for start in range(0, len(data), chunk_size):
+                yield registry_pb2.ImportModelRequest(chunk=data[start : start + chunk_size])
+
+        return self.registry.ImportModel(requests(), **self._kw())
+
+    def download_model(
+        self, name: str, version: int | None = None, alias: str | None = None
+    ) -> bytes:
+        """The ONNX bytes of a version (latest by default), checked against its sha256.
+
+        Raises ``ValueError`` when the bytes received do not match the
+        version's sha256 or size.
+        """
+        import hashlib
+
+        from highpeaks_ml.v1 import registry_pb2
+
+        req = registry_pb2.DownloadModelVersionRequest(model=self._ref(name, version, alias))
+        meta = None
+        parts: list[bytes] = []
+        for msg in self.registry.DownloadModelVersion(req, **self._kw()):
+            if msg.WhichOneof("part") == "version":
+                meta = msg.version
+            else:
+                parts.append(msg.chunk)
+        data = b"".join(parts)
+        if meta is None:
+            raise ValueError("the server sent no version metadata")
+        if len(data) != meta.size_bytes or hashlib.sha256(data).hexdigest() != meta.sha256:
+            raise ValueError(f"download of {name} version {meta.version} does not match its sha256")
+        return data

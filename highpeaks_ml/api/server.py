@@ -140,8 +140,11 @@ class Server:
 
 def _build_app(settings: Settings) -> App:
     """Create the domain services (registry, training, serving) for ``settings``."""
+    from highpeaks_ml.registry.local import LocalModelStore
+
     app = App(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
+    app.components["registry"] = LocalModelStore(settings.home)
     return app
 
 

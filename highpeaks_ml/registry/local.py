@@ -131,16 +131,26 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _flocked(path: Path) -> Iterator[None]:
+def _flocked(path: Path, wait: bool = True) -> Iterator[bool]:
     """Hold an exclusive flock on ``path`` (created if missing) for the block.
 
     flock locks belong to the open file description, so two threads of one
     process that each open the file exclude each other just like processes do.
+    With ``wait=False`` the block runs at once and gets False when the lock
+    is held elsewhere.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        if wait:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield True
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+            else:
+                yield True
     finally:
         os.close(fd)  # closing releases the lock
 
@@ -249,7 +259,9 @@ class LocalModelStore(ModelStore):
                 model_dir = self.models_dir / name
                 if not model_dir.is_dir() or not _valid_name(name):
                     continue
-                with _flocked(model_dir / LOCK_FILE):
+                with _flocked(model_dir / LOCK_FILE, wait=False) as locked:
+                    if not locked:
+                        continue  # a live writer holds it; its temp files are its own
                     for dirpath in (model_dir, model_dir / "versions"):
                         if not dirpath.is_dir():
                             continue
@@ -390,7 +402,7 @@ class LocalModelStore(ModelStore):
         except BaseException:
             f.close()
             raise
-        return _chunks(f, chunk_size)
+        return _Chunks(f, chunk_size)
 
     def _version_dir(self, name: str, version: int) -> Path:
         return self._model_dir(name) / "versions" / str(version)
@@ -781,10 +793,23 @@ def _file_matches(f: IO[bytes], meta: VersionMeta) -> bool:
     return size == meta.size_bytes and h.hexdigest() == meta.sha256
 
 
-def _chunks(f: IO[bytes], chunk_size: int) -> Iterator[bytes]:
-    with f:
-        while block := f.read(chunk_size):
-            yield block
+class _Chunks(Iterator[bytes]):
+    """Reads an open file in chunks; closes it at the end or on ``close()``."""
+
+    def __init__(self, f: IO[bytes], chunk_size: int) -> None:
+        self._f = f
+        self._size = chunk_size
+
+    def __next__(self) -> bytes:
+        block = self._f.read(self._size) if not self._f.closed else b""
+        if not block:
+            self._f.close()
+            raise StopIteration
+        return block
+
+    def close(self) -> None:
+        """Close the file (also when iteration stopped early)."""
+        self._f.close()
 
 
 __all__ = ["LocalModelStore"]
