@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from grpc import aio
 
+from highpeaks_ml.api.context import ANONYMOUS, NO_SUBJECT, current_subject
 from highpeaks_ml.api.converters import registry as conv
 from highpeaks_ml.errors import InvalidArgument
 from highpeaks_ml.registry.base import ModelInfo, ModelStore, VersionMeta
@@ -27,6 +29,12 @@ log = logging.getLogger("highpeaks_ml.registry")
 
 #: Bytes per DownloadModelVersion message.
 DOWNLOAD_CHUNK = 1024 * 1024
+
+
+def _creator() -> str:
+    """The caller's subject for ``created_by`` ("" when auth is off)."""
+    subject = current_subject()
+    return "" if subject in (ANONYMOUS, NO_SUBJECT) else subject
 
 
 class RegistryServicer(registry_pb2_grpc.ModelRegistryServiceServicer):
@@ -120,7 +128,10 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServiceServicer):
                     if info is not None:
                         raise InvalidArgument("ImportModel: info must be sent once, first")
                     # Validate before storing a byte: a bad name touches nothing.
-                    info = conv.import_info_from_proto(request.info).validated()
+                    info = replace(
+                        conv.import_info_from_proto(request.info).validated(),
+                        created_by=_creator(),
+                    )
                     upload = await asyncio.to_thread(
                         Upload, self.store, self.app.settings.max_model_bytes
                     )
