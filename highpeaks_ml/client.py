@@ -16,7 +16,7 @@ server pass ``tls_ca=`` (the CA that signed the server certificate) or
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +223,65 @@ class Client:
         if len(data) != meta.size_bytes or hashlib.sha256(data).hexdigest() != meta.sha256:
             raise ValueError(f"download of {name} version {meta.version} does not match its sha256")
         return data
+
+    # --- predict ---
+    # ``predict`` takes a numpy array (sent as a tensor of raw little-endian
+    # bytes) or a list of dicts / a pandas DataFrame (sent as named rows) and
+    # returns a ``PredictResult`` whose outputs are numpy arrays.
+
+    @staticmethod
+    def predict_request(
+        name: str,
+        X: Any,
+        version: int | None = None,
+        alias: str | None = None,
+        raw: bool = True,
+        outputs: Sequence[str] = (),
+        request_id: str = "",
+    ) -> Any:
+        """A ``predict_pb2.PredictRequest`` for ``X`` (see ``predict``), e.g. for streams."""
+        from highpeaks_ml.api.converters.predict import build_request
+
+        return build_request(name, X, version, alias, raw, outputs, request_id)
+
+    def predict(
+        self,
+        name: str,
+        X: Any,
+        version: int | None = None,
+        alias: str | None = None,
+        raw: bool = True,
+        outputs: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> Any:
+        """Predict the rows of ``X`` with a version (by number, alias, or the latest).
+
+        ``X``: a 2-D numpy array in the model's feature order (a 1-D array is
+        one row), or a list of dicts / a pandas DataFrame keyed by feature
+        name. ``raw`` sends and receives tensors as raw bytes (the fast path);
+        ``outputs`` limits the outputs to some of "labels", "probabilities",
+        "values". Returns a ``PredictResult`` with ``labels``,
+        ``probabilities``, ``class_labels``, ``values`` (numpy arrays or None),
+        ``model_name``, ``model_version`` and ``execution_provider``.
+        """
+        from highpeaks_ml.api.converters.predict import PredictResult, build_request
+
+        req = build_request(name, X, version, alias, raw, outputs)
+        return PredictResult(self.predictor.Predict(req, **self._kw(timeout)))
+
+    def predict_stream(
+        self, requests: Iterable[Any], timeout: float | None = None
+    ) -> Iterator[Any]:
+        """Send ``requests`` (``predict_request(...)`` messages) over one PredictStream.
+
+        Yields, in request order, a ``PredictResult`` or, for a request the
+        server refused, a ``StreamFailure`` (``code``, ``message``, ``id``);
+        the stream goes on after a failure.
+        """
+        from highpeaks_ml.api.converters.predict import PredictResult, StreamFailure
+
+        for msg in self.predictor.PredictStream(iter(requests), **self._kw(timeout)):
+            if msg.WhichOneof("result") == "error":
+                yield StreamFailure(msg.error.code, msg.error.message, msg.id)
+            else:
+                yield PredictResult(msg.response)

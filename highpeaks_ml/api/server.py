@@ -145,6 +145,10 @@ def _build_app(settings: Settings) -> App:
     app = App(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
     app.components["registry"] = LocalModelStore(settings.home)
+    from highpeaks_ml.serving.manager import ModelManager
+
+    # Chooses the execution provider (logged; device=cuda fails here when unusable).
+    app.components["models"] = ModelManager(settings, app.components["registry"])
     return app
 
 

@@ -14,10 +14,11 @@ from it; if a merged run fails (or an output does not have one row per input
 row), each request of that batch is re-run alone, so only a request that
 fails by itself sees an error.
 
-With ``max_delay_s == 0`` nothing ever waits on purpose: requests that arrive
-while earlier batches occupy the thread pool are merged into the next one
-(opportunistic batching). See docs/serving.md for the measurements behind
-the default.
+With ``max_delay_s == 0`` nothing ever waits on purpose: a request that finds
+a free slot (fewer than ``max_inflight`` runs going) runs at once, alone;
+requests that arrive while every slot is busy queue up and are merged into
+the next run when a slot frees (opportunistic batching). See
+docs/serving.md for the measurements behind the default.
 """
 
 from __future__ import annotations
@@ -78,6 +79,19 @@ class Batcher:
     async def submit(self, feeds: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
         """Queue one validated request; return its rows of every output."""
         loop = asyncio.get_running_loop()
+        if not self.max_delay_s and not self._queue and self._inflight < self._max_inflight:
+            # Opportunistic mode with a free slot: nothing to wait for, run at
+            # once (no queueing cost when idle); requests arriving while the
+            # slots are busy queue up and are merged when one frees.
+            self._inflight += 1
+            self.runs += 1
+            self.requests += 1
+            if self._on_wait is not None:
+                self._on_wait(0.0)
+            try:
+                return await loop.run_in_executor(self._executor, self._run_fn, feeds)
+            finally:
+                self._release()
         item = _Item(feeds, rows, loop.create_future(), time.perf_counter())
         self._queue.append(item)
         self._queued_rows += rows

@@ -268,6 +268,7 @@ class ModelManager:
         except asyncio.CancelledError:
             # The caller went away or its deadline passed: stop the inference.
             run_options.terminate = True
+            log.info("prediction stopped: call cancelled", extra={"model": lv.meta.model_name})
             raise
 
     # --- resolution ---------------------------------------------------------

@@ -53,7 +53,7 @@ def test_merged_results_equal_individual_runs(session, pool):
     sizes = [1, 3, 1, 2, 5, 1, 1, 4]
     reqs = _requests(sizes)
     rec = Recorder(session)
-    batcher = Batcher(rec, pool, max_rows=64, max_delay_s=0.0)
+    batcher = Batcher(rec, pool, max_rows=64, max_delay_s=0.01)
 
     async def main():
         return await asyncio.gather(*(batcher.submit({"input": x}, len(x)) for x in reqs))
@@ -79,6 +79,22 @@ def test_merged_results_equal_individual_runs(session, pool):
         want_labels, want_probs = session.run(["label", "probabilities"], {"input": x})
         np.testing.assert_array_equal(labels, want_labels)
         np.testing.assert_allclose(probs, want_probs, rtol=0, atol=2e-6)
+
+
+def test_opportunistic_mode_runs_at_once_when_idle_and_merges_under_load(session, pool):
+    sizes = [1, 2, 1, 3, 1]
+    rec = Recorder(session)
+    batcher = Batcher(rec, pool, max_rows=64, max_delay_s=0.0, max_inflight=1)
+    reqs = _requests(sizes)
+
+    async def main():
+        return await asyncio.gather(*(batcher.submit({"input": x}, len(x)) for x in reqs))
+
+    results = asyncio.run(main())
+    # The first finds the slot free and runs alone; the others queue behind it
+    # and share the next run.
+    assert rec.sizes == [1, sum(sizes[1:])]
+    assert [len(r[0]) for r in results] == sizes
 
 
 def test_batches_never_exceed_max_rows(session, pool):
@@ -130,7 +146,7 @@ def test_a_failing_request_does_not_affect_the_others(session, pool):
     poison = np.full((1, 4), 123.0, dtype=np.float32)
     reqs.insert(2, poison)
     rec = Recorder(session, poison=123.0)
-    batcher = Batcher(rec, pool, max_rows=64, max_delay_s=0.0)
+    batcher = Batcher(rec, pool, max_rows=64, max_delay_s=0.01)
 
     async def main():
         return await asyncio.gather(

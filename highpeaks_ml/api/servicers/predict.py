@@ -2,16 +2,82 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
-from highpeaks_ml.v1 import predict_pb2_grpc
+from grpc import aio
+
+from highpeaks_ml.api.converters import predict as conv
+from highpeaks_ml.v1 import predict_pb2, predict_pb2_grpc
 
 if TYPE_CHECKING:
     from highpeaks_ml.api.server import App
+    from highpeaks_ml.serving.manager import ModelManager
+
+#: Requests of one PredictStream being worked on at once. Pipelining lets the
+#: stream's requests overlap (and share dynamic batches); the bound keeps one
+#: stream from queueing unbounded work.
+STREAM_WINDOW = 64
 
 
 class PredictServicer(predict_pb2_grpc.PredictServiceServicer):
-    """PredictService: every RPC not overridden here answers UNIMPLEMENTED."""
+    """PredictService: convert, call the ModelManager, convert back."""
 
     def __init__(self, app: App) -> None:
         self.app = app
+
+    @property
+    def models(self) -> ModelManager:
+        return self.app.components["models"]  # type: ignore[no-any-return]
+
+    async def Predict(
+        self, request: predict_pb2.PredictRequest, context: aio.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        """Predicts for one batch of rows."""
+        query = conv.query_from_proto(request)
+        pred = await self.models.predict(query, time_limit=context.time_remaining())
+        return conv.response_from_prediction(pred, request.id, request.raw_output)
+
+    async def _one(
+        self, request: predict_pb2.PredictRequest, context: aio.ServicerContext
+    ) -> predict_pb2.PredictStreamResponse:
+        try:
+            query = conv.query_from_proto(request)
+            pred = await self.models.predict(query, time_limit=context.time_remaining())
+            resp = conv.response_from_prediction(pred, request.id, request.raw_output)
+        except Exception as exc:  # answered in-stream; the stream goes on
+            return conv.stream_error(exc, request.id)
+        return predict_pb2.PredictStreamResponse(response=resp, id=request.id)
+
+    async def PredictStream(
+        self,
+        request_iterator: AsyncIterator[predict_pb2.PredictRequest],
+        context: aio.ServicerContext,
+    ) -> AsyncIterator[predict_pb2.PredictStreamResponse]:
+        """Answers each request in order, errors in-stream, requests pipelined."""
+        loop = asyncio.get_running_loop()
+        window: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue(STREAM_WINDOW)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await window.put(loop.create_task(self._one(request, context)))
+            finally:
+                await window.put(None)
+
+        reader = loop.create_task(read())
+        try:
+            while (task := await window.get()) is not None:
+                yield await task
+            await reader  # surfaces a failed read (e.g. a malformed message)
+        finally:
+            # Cancelled or failed call: stop everything still queued or running.
+            reader.cancel()
+            while not window.empty():
+                pending = window.get_nowait()
+                if pending is not None:
+                    pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
