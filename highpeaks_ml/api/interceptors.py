@@ -46,10 +46,35 @@ _MAX_REQUEST_ID = 128
 
 
 class Lifecycle:
-    """Server state every RPC checks: set ``draining`` when shutdown begins."""
+    """Server state every RPC checks: ``draining`` once shutdown begins, and how
+    many RPCs (health checks aside) are being handled, so shutdown can wait for
+    them while new ones are still answered UNAVAILABLE by this interceptor."""
 
     def __init__(self) -> None:
         self.draining = False
+        self.active = 0
+        self._idle: asyncio.Event | None = None
+
+    def enter(self) -> None:
+        self.active += 1
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self.active <= 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self, limit_s: float) -> bool:
+        """Wait until no counted RPC is in flight; False when ``limit_s`` passed first."""
+        if self.active <= 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(0.0, limit_s))
+        except TimeoutError:
+            return False
+        finally:
+            self._idle = None
+        return True
 
 
 def _request_id(metadata: tuple[Any, ...] | None) -> str:
@@ -74,6 +99,7 @@ class _Call:
         self.code = grpc.StatusCode.OK
         self.token: Any = None
         self.subject_token: Any = None
+        self.counted = False
 
     def enter(self, context: aio.ServicerContext) -> None:
         self.token = request_id_var.set(self.request_id)
@@ -85,8 +111,12 @@ class _Call:
     def admit(self) -> None:
         """Refuse new work while draining; health probes still answer."""
         lifecycle = self.owner.lifecycle
-        if lifecycle is not None and lifecycle.draining and self.method not in _DRAIN_EXEMPT:
+        if lifecycle is None or self.method in _DRAIN_EXEMPT:
+            return  # health watches never end by themselves: shutdown does not wait for them
+        if lifecycle.draining:
             raise errors.Unavailable("server is shutting down; retry on another replica")
+        lifecycle.enter()
+        self.counted = True
 
     async def fail(self, context: aio.ServicerContext, exc: BaseException) -> None:
         code, message = status_for(exc)
@@ -116,6 +146,8 @@ class _Call:
                 "subject": subject_var.get(),
             },
         )
+        if self.counted and self.owner.lifecycle is not None:
+            self.owner.lifecycle.leave()
         metrics = self.owner.metrics
         if metrics is not None:
             metrics.rpcs_in_flight.labels(self.label).dec()

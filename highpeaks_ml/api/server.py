@@ -32,6 +32,8 @@ from highpeaks_ml.v1 import predict_pb2, registry_pb2, train_pb2
 log = logging.getLogger("highpeaks_ml.server")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+#: After the drain, how long grpc may still take to flush finished responses.
+_FLUSH_S = 1.0
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 #: Full names of the public services, from the generated descriptors.
@@ -120,11 +122,19 @@ class Server:
         self._stopping = True
         grace = self.app.settings.grace_period_s if grace is None else grace
         log.info("shutting down", extra={"grace_s": grace})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         # Refuse new RPCs (UNAVAILABLE) from now on; health keeps answering.
         self.lifecycle.draining = True
         await self.health.enter_graceful_shutdown()
         await self.app.shutdown()
-        await self.grpc_server.stop(grace)
+        # Drain with the listener still open, so late callers get a clear
+        # UNAVAILABLE from the interceptor rather than grpc's CANCELLED.
+        if not await self.lifecycle.wait_idle(deadline - loop.time()):
+            log.warning("grace period over with RPCs in flight: cancelling them")
+        # What is left: health watches (which never end) and responses still
+        # being flushed; a moment to flush, then grpc cancels the rest.
+        await self.grpc_server.stop(min(max(0.0, deadline - loop.time()), _FLUSH_S))
         if self.health_server is not None:
             await self.health_server.stop(0)
         await self.app.close()

@@ -4,9 +4,11 @@ exit 0 before the grace period ends."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import queue
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import grpc
@@ -15,11 +17,16 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from highpeaks_ml.api.interceptors import ErrorMappingInterceptor, Lifecycle
+from highpeaks_ml.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from tests.support import serving_models as sm
+from tests.support.security import free_port
 
 GRACE_S = 30
 LIST_MODELS = "/highpeaks_ml.v1.ModelRegistryService/ListModels"
+IMPORT = "/highpeaks_ml.v1.ModelRegistryService/ImportModel"
 _END = object()
 
 
@@ -78,6 +85,62 @@ def test_in_flight_stream_finishes_new_calls_refused_exit_zero(server_process):
     out = proc.output()
     assert "received SIGTERM" in out and "stopped" in out
     channel.close()
+
+
+def _in_flight(metrics_port: int, method: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "highpeaks_ml_rpcs_in_flight" and sample.labels["method"] == method:
+                return sample.value
+    return 0.0
+
+
+def test_registry_publish_in_flight_completes_and_survives_restart(server_process, home):
+    onnx = sm.iris_logreg().onnx
+    metrics_port = free_port()
+    proc = server_process("--grace-period-s", str(GRACE_S), "--metrics-port", str(metrics_port))
+    channel = grpc.insecure_channel(proc.target)
+    stub = registry_pb2_grpc.ModelRegistryServiceStub(channel)
+    q: queue.Queue = queue.Queue()
+    info = registry_pb2.ImportModelInfo(model_name="drained", task=common_pb2.TASK_CLASSIFICATION)
+    q.put(registry_pb2.ImportModelRequest(info=info))
+    q.put(registry_pb2.ImportModelRequest(chunk=onnx[:100]))
+    future = stub.ImportModel.future(_requests(q), timeout=120)
+    # The import is being handled (the server counts it in flight) ...
+    for _ in range(600):
+        if _in_flight(metrics_port, IMPORT) == 1:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the import never reached the server")
+
+    # ... when the server is told to stop.
+    proc.proc.send_signal(signal.SIGTERM)
+    _wait_draining(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        channel.unary_unary(LIST_MODELS)(b"", timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    # The rest of the upload arrives during the drain and the publish completes.
+    q.put(registry_pb2.ImportModelRequest(chunk=onnx[100:]))
+    q.put(_END)
+    version = future.result(timeout=60)
+    assert (version.model_name, version.version) == ("drained", 1)
+    assert proc.proc.wait(timeout=GRACE_S - 5) == 0
+    channel.close()
+
+    # Acknowledged means durable: a new server on the same home serves it.
+    again = server_process(home_dir=home)
+    with grpc.insecure_channel(again.target) as ch:
+        got = registry_pb2_grpc.ModelRegistryServiceStub(ch).GetModelVersion(
+            registry_pb2.GetModelVersionRequest(
+                model=common_pb2.ModelRef(name="drained", version=1)
+            ),
+            timeout=10,
+        )
+        assert got.sha256 == hashlib.sha256(onnx).hexdigest()
 
 
 def test_sigterm_with_nothing_in_flight_exits_at_once(server_process):
