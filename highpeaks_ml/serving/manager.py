@@ -243,28 +243,48 @@ class ModelManager:
         data = query.data
         max_rows = self.settings.max_predict_rows
         if _elements(data) >= _LARGE_ELEMENTS:
-            loop = asyncio.get_running_loop()
-            feeds, rows = await loop.run_in_executor(self._infer, plan.feeds, data, max_rows)
+            # Large: validate, convert and run in one trip to the thread pool
+            # (each trip costs a thread wake-up and an event-loop wake-up).
+            rows, outs = await self._run(lv, None, data)
+            if rows == 0:
+                return plan.assemble(names, plan.empty_outputs(names), lv.provider, 0)
         else:
             feeds, rows = plan.feeds(data, max_rows)
-        if rows == 0:
-            return plan.assemble(names, plan.empty_outputs(names), lv.provider, 0)
-        if lv.batcher is not None and rows < lv.batcher.max_rows:
-            outs = await lv.batcher.submit(feeds, rows)
-        else:
-            outs = await self._run(lv, feeds)
+            if rows == 0:
+                return plan.assemble(names, plan.empty_outputs(names), lv.provider, 0)
+            if lv.batcher is not None and rows < lv.batcher.max_rows:
+                outs = await lv.batcher.submit(feeds, rows)
+            else:
+                _, outs = await self._run(lv, feeds)
         metrics.record_prediction(lv.meta.model_name, lv.meta.version, rows)
         by_name = dict(zip(lv.all_outputs, outs, strict=True))
         return plan.assemble(names, [by_name[n] for n in names], lv.provider, rows)
 
-    async def _run(self, lv: LoadedVersion, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    async def _run(
+        self,
+        lv: LoadedVersion,
+        feeds: dict[str, np.ndarray] | None,
+        data: TensorInput | RowsInput | None = None,
+    ) -> tuple[int, list[np.ndarray]]:
+        """(rows, outputs) of one run in the thread pool: of ``feeds``, or of ``data``
+        validated and converted there first (``rows == 0``: nothing was run)."""
         import onnxruntime as ort
 
         run_options = ort.RunOptions()
         loop = asyncio.get_running_loop()
+        max_rows = self.settings.max_predict_rows
+
+        def work(queued_at: float) -> tuple[int, list[np.ndarray]]:
+            if feeds is not None:
+                return len(next(iter(feeds.values()))), lv.run(feeds, run_options, queued_at)
+            assert data is not None
+            checked, rows = lv.plan.feeds(data, max_rows)
+            if rows == 0:
+                return 0, []
+            return rows, lv.run(checked, run_options, queued_at)
+
         try:
-            queued_at = time.perf_counter()
-            return await loop.run_in_executor(self._infer, lv.run, feeds, run_options, queued_at)
+            return await loop.run_in_executor(self._infer, work, time.perf_counter())
         except asyncio.CancelledError:
             # The caller went away or its deadline passed: stop the inference.
             run_options.terminate = True

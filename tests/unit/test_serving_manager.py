@@ -305,6 +305,25 @@ def test_validation_and_zero_rows(store, tmp_path):
     run(main())
 
 
+def test_large_requests_are_validated_and_run_off_the_loop(store, tmp_path):
+    exp = sm.iris_logreg()
+    X = np.resize(exp.X, (20_000, 4)).astype(np.float32)  # over the "large" threshold
+
+    async def main():
+        m = await started(store, tmp_path)
+        try:
+            pred = await m.predict(PredictQuery("iris", version=1, data=raw(X)))
+            np.testing.assert_array_equal(pred.labels, exp.estimator.predict(X))
+            bad = X.copy()
+            bad[12_345, 2] = np.nan
+            with pytest.raises(InvalidArgument, match=r"tensor\[12345, 2\]"):
+                await m.predict(PredictQuery("iris", data=raw(bad)))
+        finally:
+            await m.close()
+
+    run(main())
+
+
 def test_batching_on_gives_the_same_labels_and_splits_exactly(store, tmp_path):
     exp = sm.iris_logreg()
     rows = [exp.X[i : i + 1 + i % 3] for i in range(0, 60, 4)]

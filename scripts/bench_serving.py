@@ -1,0 +1,512 @@
+#!/usr/bin/env python
+"""Serving benchmark on loopback: every number next to a baseline measured in the same run.
+
+    python scripts/bench_serving.py            # about 2 minutes on 2 cores
+    python scripts/bench_serving.py --quick    # about 40 seconds
+
+What it does:
+
+1. Trains a LogisticRegression and a RandomForestClassifier (50 trees, depth
+   8) on 20 synthetic features, exports both with skl2onnx and imports them
+   through the registry API (ImportModel) of a server started as a
+   subprocess (``highpeaks-ml serve``, CPU provider, log level WARNING so
+   the per-RPC log line does not count).
+2. Prints one table (medians of repeated rounds, and ratios):
+   - batch-1 unary latency p50/p99 against (a) onnxruntime called in this
+     process on the same row and (b) a bare grpc.aio echo server (a
+     subprocess, no interceptor, no protobuf) answering a payload of the
+     same size as the real response, for a request of the real size;
+   - rows/s at batch 10,000 (raw bytes both ways) against in-process
+     onnxruntime on the same rows (same session options as the server), and
+     the echo server moving the same bytes (the transport's floor);
+   - requests/s at batch 1 with 16 concurrent callers, unary and over the
+     bidirectional stream (16 streams, one request in flight each), with
+     dynamic batching off, on with a 500 µs delay, and on with delay 0
+     (opportunistic), each on a fresh server, with the single-caller p50.
+
+Clients send pre-serialised request bytes and do not parse the answers
+(identity serializers), for the server and the echo alike, so the
+comparison measures the server, not the benchmark's own protobuf work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PREDICT = "/highpeaks_ml.v1.PredictService/Predict"
+STREAM = "/highpeaks_ml.v1.PredictService/PredictStream"
+ECHO = "/bench.Echo/Echo"
+CONCURRENCY = 16
+N_FEATURES = 20
+
+
+# --- the echo baseline (runs as a subprocess: --echo-server SIZE) -----------
+
+
+async def _echo_server(size: int) -> None:
+    import grpc
+    from grpc import aio
+
+    payload = b"x" * size
+
+    async def echo(request: bytes, context: Any) -> bytes:
+        return payload
+
+    async def echo_stream(requests: Any, context: Any) -> Any:
+        async for _ in requests:
+            yield payload
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo",
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+            "EchoStream": grpc.stream_stream_rpc_method_handler(echo_stream),
+        },
+    )
+    server = aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"PORT {port}", flush=True)
+    await server.wait_for_termination()
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_serving(target: str, proc: subprocess.Popen[bytes], limit: float = 120) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError("the server exited during start-up")
+        try:
+            with grpc.insecure_channel(target) as ch:
+                resp = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("the server did not become ready")
+
+
+class Server:
+    """``highpeaks-ml serve`` as a subprocess on a free loopback port."""
+
+    def __init__(self, home: Path, *extra: str) -> None:
+        self.port = _free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.log = open(home.parent / f"server-{self.port}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "highpeaks_ml.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--home",
+                str(home),
+                "--device",
+                "cpu",
+                "--log-level",
+                "WARNING",
+                *extra,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        _wait_serving(self.target, self.proc)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+class Echo:
+    """The bare grpc.aio echo server as a subprocess."""
+
+    def __init__(self, size: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--echo-server", str(size)],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("PORT "):
+            raise RuntimeError("echo server did not start")
+        self.target = f"127.0.0.1:{int(line.split()[1])}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+def _models() -> dict[str, tuple[bytes, np.ndarray, Any]]:
+    """name -> (onnx bytes, data, in-process session)."""
+    import onnxruntime as ort
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    from highpeaks_ml.config import Settings
+    from highpeaks_ml.serving.providers import session_options
+
+    X, y = make_classification(
+        n_samples=4000, n_features=N_FEATURES, n_informative=10, n_classes=3, random_state=0
+    )
+    X = X.astype(np.float32)
+    options = session_options(Settings.load({"device": "cpu"}))
+    out = {}
+    for name, model in (
+        ("bench-logreg", LogisticRegression(max_iter=1000)),
+        ("bench-forest", RandomForestClassifier(n_estimators=50, max_depth=8, random_state=0)),
+    ):
+        model.fit(X, y)
+        onx = convert_sklearn(
+            model,
+            initial_types=[("input", FloatTensorType([None, N_FEATURES]))],
+            options={id(model): {"zipmap": False}},
+            target_opset=17,
+        )
+        data = onx.SerializeToString()
+        # The server's own session options (threads = usable cores, no
+        # spinning), so the ratio measures what serving adds, and the
+        # baseline's idle threads do not spin on the cores the server needs.
+        sess = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        out[name] = (data, X, sess)
+    return out
+
+
+def _import(target: str, models: dict[str, Any]) -> None:
+    from highpeaks_ml.client import Client
+
+    with Client(target) as c:
+        for name, (data, _, _) in models.items():
+            c.import_model(name, data, task="classification", class_labels=["0", "1", "2"])
+
+
+def _request(name: str, x: np.ndarray) -> bytes:
+    from highpeaks_ml.api.converters.predict import build_request
+
+    return bytes(build_request(name, x, raw=True).SerializeToString())
+
+
+def _latencies(call: Any, payload: bytes, n: int) -> list[float]:
+    for _ in range(min(200, n)):  # warm-up
+        call(payload)
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call(payload)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q))
+
+
+def _unary(target: str, method: str) -> tuple[Any, Any]:
+    import grpc
+
+    ch = grpc.insecure_channel(
+        target,
+        options=[
+            ("grpc.max_receive_message_length", 256 << 20),
+            ("grpc.max_send_message_length", 256 << 20),
+        ],
+    )
+    grpc.channel_ready_future(ch).result(timeout=30)
+    call = ch.unary_unary(method)  # identity serializers: bytes in, bytes out
+    return ch, call
+
+
+async def _rate(target: str, method: str, payload: bytes, seconds: float, stream: bool) -> float:
+    """Requests/s with CONCURRENCY callers (unary calls, or ping-pong streams)."""
+    from grpc import aio
+
+    async with aio.insecure_channel(target) as ch:
+        await ch.channel_ready()
+        done = 0
+        stop = False
+
+        async def unary_worker() -> None:
+            nonlocal done
+            call = ch.unary_unary(method)
+            while not stop:
+                await call(payload)
+                done += 1
+
+        async def stream_worker() -> None:
+            nonlocal done
+            call = ch.stream_stream(method)()
+            while not stop:
+                await call.write(payload)
+                await call.read()
+                done += 1
+            await call.done_writing()
+
+        worker = stream_worker if stream else unary_worker
+        # Warm-up, then count.
+        stop = False
+        tasks = [asyncio.ensure_future(worker()) for _ in range(CONCURRENCY)]
+        await asyncio.sleep(min(0.5, seconds / 4))
+        start_done, t0 = done, time.perf_counter()
+        await asyncio.sleep(seconds)
+        count, elapsed = done - start_done, time.perf_counter() - t0
+        stop = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return count / elapsed
+
+
+def _fmt_us(s: float) -> str:
+    return f"{s * 1e6:,.0f} µs"
+
+
+def _table(rows: list[tuple[str, ...]], head: tuple[str, ...]) -> str:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"]
+    out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+    return "\n".join(out)
+
+
+def _batch1(target: str, req: bytes, n: int) -> list[float]:
+    ch, call = _unary(target, PREDICT)
+    try:
+        return _latencies(call, req, n)
+    finally:
+        ch.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter rounds (~40 s)")
+    parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo_server is not None:
+        asyncio.run(_echo_server(args.echo_server))
+        return 0
+
+    lat_n = 1500 if args.quick else 4000
+    big_rounds = 5 if args.quick else 15
+    rate_s = 1.5 if args.quick else 4.0
+    rounds = 1 if args.quick else 3
+    rows: list[tuple[str, str, str, str]] = []
+
+    print("training and exporting the models ...", file=sys.stderr)
+    models = _models()
+    tmp = Path(tempfile.mkdtemp(prefix="hp-bench-"))
+    home = tmp / "home"
+    home.mkdir()
+    requests1 = {name: _request(name, X[:1]) for name, (_, X, _) in models.items()}
+
+    server = Server(home)
+    try:
+        _import(server.target, models)
+        # --- batch-1 latency --------------------------------------------------
+        for name, (_, X, _) in models.items():
+            req = requests1[name]
+            ch, call = _unary(server.target, PREDICT)
+            resp_size = len(call(req))
+            ch_echo = None
+            echo = Echo(resp_size)
+            try:
+                ch_echo, echo_call = _unary(echo.target, ECHO)
+                server_lat: list[float] = []
+                echo_lat: list[float] = []
+                # Interleave rounds so drift on the shared machine hits both.
+                for _ in range(rounds):
+                    server_lat += _latencies(call, req, lat_n // rounds)
+                    echo_lat += _latencies(echo_call, req, lat_n // rounds)
+            finally:
+                if ch_echo is not None:
+                    ch_echo.close()
+                echo.stop()
+            ch.close()
+            sess = models[name][2]
+            x1 = X[:1]
+            inproc = _latencies(lambda _p, s=sess, x=x1: s.run(None, {"input": x}), b"", lat_n)
+            p50, p99 = _pct(server_lat, 50), _pct(server_lat, 99)
+            e50, e99 = _pct(echo_lat, 50), _pct(echo_lat, 99)
+            i50 = _pct(inproc, 50)
+            rows.append(
+                (
+                    f"{name}: batch-1 unary p50 (request {len(req)} B, response {resp_size} B)",
+                    _fmt_us(p50),
+                    f"echo {_fmt_us(e50)}; in-process ORT {_fmt_us(i50)}",
+                    f"{p50 / e50:.2f}x echo (target <= 1.30x); {p50 / i50:.0f}x ORT",
+                )
+            )
+            rows.append(
+                (
+                    f"{name}: batch-1 unary p99",
+                    _fmt_us(p99),
+                    f"echo {_fmt_us(e99)}",
+                    f"{p99 / e99:.2f}x echo",
+                )
+            )
+        # --- batch 10,000 throughput -------------------------------------------
+        for name, (_, X, sess) in models.items():
+            xb = np.resize(X, (10_000, N_FEATURES)).astype(np.float32)
+            req = _request(name, xb)
+            ch, call = _unary(server.target, PREDICT)
+            resp_size = len(call(req))
+            served, local, floor = [], [], []
+            sess.run(None, {"input": xb})
+            for _ in range(big_rounds):  # interleaved: noise hits both alike
+                t0 = time.perf_counter()
+                call(req)
+                served.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                sess.run(None, {"input": xb})
+                local.append(time.perf_counter() - t0)
+            ch.close()
+            # The transport's own floor for these sizes: echo 0.8 MB in, the response out.
+            echo = Echo(resp_size)
+            try:
+                ch, echo_call = _unary(echo.target, ECHO)
+                echo_call(req)
+                for _ in range(big_rounds):
+                    t0 = time.perf_counter()
+                    echo_call(req)
+                    floor.append(time.perf_counter() - t0)
+                ch.close()
+            finally:
+                echo.stop()
+            s_rps = 10_000 / statistics.median(served)
+            l_rps = 10_000 / statistics.median(local)
+            e_rps = 10_000 / statistics.median(floor)
+            rows.append(
+                (
+                    f"{name}: rows/s at batch 10,000 (raw, {len(req) / 1e6:.1f} MB in,"
+                    f" {resp_size / 1e6:.2f} MB out)",
+                    f"{s_rps:,.0f}",
+                    f"in-process ORT {l_rps:,.0f}; echo of the same bytes {e_rps:,.0f}",
+                    f"{s_rps / l_rps:.0%} of ORT (target >= 60%)"
+                    + (f"; the echo alone: {e_rps / l_rps:.0%}" if e_rps < l_rps else ""),
+                )
+            )
+    finally:
+        server.stop()
+
+    # --- concurrency: batching off, on (default delay), on (delay 0) ----------
+    configs = {
+        "off": (),
+        "on, delay 500 µs": ("--batching", "--max-batch-delay-us", "500"),
+        "on, delay 0": ("--batching", "--max-batch-delay-us", "0"),
+    }
+    measured: dict[tuple[str, str], tuple[float, float, float]] = {}
+    for label, extra in configs.items():
+        server = Server(home, *extra)
+        try:
+            for name in models:
+                req = requests1[name]
+                solo = _pct(_batch1(server.target, req, lat_n // 3), 50)
+                unary = asyncio.run(_rate(server.target, PREDICT, req, rate_s, False))
+                stream = asyncio.run(_rate(server.target, STREAM, req, rate_s, True))
+                measured[(name, label)] = (solo, unary, stream)
+        finally:
+            server.stop()
+
+    for name in models:
+        _, u_off, s_off = measured[(name, "off")]
+        rows.append(
+            (
+                f"{name}: req/s, batch 1, {CONCURRENCY} streams vs {CONCURRENCY} unary callers",
+                f"{s_off:,.0f}",
+                f"unary {u_off:,.0f}",
+                f"{s_off / u_off:.2f}x unary (target >= 2x)",
+            )
+        )
+        for label in list(configs)[1:]:
+            _, u_on, s_on = measured[(name, label)]
+            rows.append(
+                (
+                    f"{name}: req/s, batch 1, {CONCURRENCY} unary callers, batching {label}",
+                    f"{u_on:,.0f}",
+                    f"batching off {u_off:,.0f}",
+                    f"{u_on / u_off:.2f}x",
+                )
+            )
+            rows.append(
+                (
+                    f"{name}: req/s, batch 1, {CONCURRENCY} streams, batching {label}",
+                    f"{s_on:,.0f}",
+                    f"batching off {s_off:,.0f}",
+                    f"{s_on / s_off:.2f}x",
+                )
+            )
+    print(_table(rows, ("measurement", "served", "baseline (same run)", "ratio")))
+    print()
+    batch_rows = [
+        (
+            name,
+            label,
+            _fmt_us(solo),
+            f"{unary:,.0f}",
+            f"{stream:,.0f}",
+        )
+        for (name, label), (solo, unary, stream) in measured.items()
+    ]
+    print(
+        _table(
+            batch_rows,
+            (
+                "model",
+                "batching",
+                "1 caller p50",
+                f"{CONCURRENCY} unary callers req/s",
+                f"{CONCURRENCY} streams req/s",
+            ),
+        )
+    )
+    print(
+        f"\ncpu cores usable: {len(os.sched_getaffinity(0))}; latency calls per case: {lat_n};"
+        f" rate window: {rate_s}s; server log level WARNING",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
