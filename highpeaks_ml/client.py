@@ -285,3 +285,190 @@ class Client:
                 yield StreamFailure(msg.error.code, msg.error.message, msg.id)
             else:
                 yield PredictResult(msg.response)
+
+    # --- training ---
+    # Methods return the protobuf messages of highpeaks_ml.v1 (train_pb2):
+    # Dataset, Algorithm, TrainingJob. Job states are train_pb2.JobState values
+    # (train_pb2.JobState.Name(job.state) gives "JOB_STATE_SUCCEEDED" etc.).
+
+    def upload_dataset(
+        self,
+        path: str | Path,
+        name: str | None = None,
+        target: str | None = None,
+        chunk_size: int = 1024 * 1024,
+        timeout: float | None = None,
+    ) -> Any:
+        """Upload a CSV file in ``chunk_size`` pieces; returns its ``train_pb2.Dataset``.
+
+        The file's sha256 is sent along and checked by the server; with
+        ``target`` the server also refuses a file whose target column is
+        missing, constant or has missing values. The same bytes always get
+        the same dataset id.
+        """
+        import hashlib
+
+        from highpeaks_ml.v1 import train_pb2
+
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(chunk_size):
+                h.update(block)
+        info = train_pb2.DatasetUploadInfo(
+            name=name or "",
+            format=train_pb2.DATASET_FORMAT_CSV,
+            sha256=h.hexdigest(),
+            target_column=target or "",
+        )
+
+        def requests() -> Iterator[Any]:
+            yield train_pb2.UploadDatasetRequest(info=info)
+            with open(path, "rb") as f:
+                while block := f.read(chunk_size):
+                    yield train_pb2.UploadDatasetRequest(chunk=block)
+
+        kw = self._kw()
+        kw["timeout"] = timeout
+        return self.train.UploadDataset(requests(), **kw)
+
+    def get_dataset(self, dataset_id: str) -> Any:
+        """One uploaded dataset (``train_pb2.Dataset``)."""
+        from highpeaks_ml.v1 import train_pb2
+
+        return self.train.GetDataset(train_pb2.GetDatasetRequest(id=dataset_id), **self._kw())
+
+    def list_datasets(self, limit: int = 0) -> list[Any]:
+        """Uploaded datasets, newest first (``limit`` 0: the server default, 100)."""
+        from highpeaks_ml.v1 import train_pb2
+
+        resp = self.train.ListDatasets(train_pb2.ListDatasetsRequest(limit=limit), **self._kw())
+        return list(resp.datasets)
+
+    def list_algorithms(self) -> list[Any]:
+        """The algorithm catalogue (``train_pb2.Algorithm``, with hyperparameters and bounds)."""
+        from highpeaks_ml.v1 import train_pb2
+
+        resp = self.train.ListAlgorithms(train_pb2.ListAlgorithmsRequest(), **self._kw())
+        return list(resp.algorithms)
+
+    @staticmethod
+    def _dataset_ref(dataset: str | Sequence[dict[str, Any]]) -> Any:
+        import re
+
+        from google.protobuf import struct_pb2
+
+        from highpeaks_ml.v1 import train_pb2
+
+        if isinstance(dataset, str):
+            if dataset.startswith("builtin:"):
+                return train_pb2.DatasetRef(builtin=dataset.removeprefix("builtin:"))
+            if re.fullmatch(r"[0-9a-f]{64}", dataset):
+                return train_pb2.DatasetRef(dataset_id=dataset)
+            raise ValueError(
+                f"dataset {dataset[:80]!r}: use 'builtin:NAME', a dataset id, or a list of rows"
+            )
+        rows = []
+        for row in dataset:
+            s = struct_pb2.Struct()
+            s.update(dict(row))
+            rows.append(s)
+        return train_pb2.DatasetRef(inline=train_pb2.InlineDataset(rows=rows))
+
+    def start_training(
+        self,
+        model: str,
+        algorithm: str,
+        dataset: str | Sequence[dict[str, Any]] = "builtin:iris",
+        params: dict[str, Any] | None = None,
+        target: str | None = None,
+        task: str | None = None,
+        *,
+        test_size: float = 0.0,
+        seed: int | None = None,
+        aliases: Sequence[str] = (),
+        idempotency_key: str = "",
+        time_limit_s: float = 0.0,
+        description: str = "",
+        features: Sequence[str] = (),
+    ) -> Any:
+        """Start a training job; returns it (``train_pb2.TrainingJob``, state QUEUED).
+
+        ``dataset``: ``"builtin:iris"`` (or wine, breast_cancer, diabetes,
+        digits), an uploaded dataset's id, or rows as a list of dicts.
+        ``params``: hyperparameters from ``list_algorithms()``. ``task``:
+        "classification", "regression" or None (inferred from the target).
+        """
+        from google.protobuf import struct_pb2
+
+        from highpeaks_ml.v1 import common_pb2, train_pb2
+
+        tasks = {
+            None: common_pb2.TASK_UNSPECIFIED,
+            "classification": common_pb2.TASK_CLASSIFICATION,
+            "regression": common_pb2.TASK_REGRESSION,
+        }
+        if task not in tasks:
+            raise ValueError(f"unknown task {task!r}: use classification or regression")
+        hyper = struct_pb2.Struct()
+        hyper.update(dict(params or {}))
+        req = train_pb2.StartTrainingRequest(
+            model_name=model,
+            algorithm=algorithm,
+            hyperparameters=hyper,
+            dataset=self._dataset_ref(dataset),
+            target_column=target or "",
+            task=tasks[task],
+            test_size=test_size,
+            idempotency_key=idempotency_key,
+            aliases=list(aliases),
+            time_limit_seconds=time_limit_s,
+            description=description,
+            feature_columns=list(features),
+        )
+        if seed is not None:
+            req.seed = seed
+        return self.train.StartTraining(req, **self._kw())
+
+    def get_job(self, job_id: str) -> Any:
+        """One training job (``train_pb2.TrainingJob``)."""
+        from highpeaks_ml.v1 import train_pb2
+
+        return self.train.GetTrainingJob(train_pb2.GetTrainingJobRequest(id=job_id), **self._kw())
+
+    def list_jobs(
+        self, model: str | None = None, states: Sequence[str] = (), limit: int = 0
+    ) -> list[Any]:
+        """Training jobs, newest first; ``states`` like ["RUNNING", "QUEUED"]."""
+        from highpeaks_ml.v1 import train_pb2
+
+        req = train_pb2.ListTrainingJobsRequest(
+            model_name=model or "",
+            states=[f"JOB_STATE_{s.upper()}" for s in states],
+            limit=limit,
+        )
+        return list(self.train.ListTrainingJobs(req, **self._kw()).jobs)
+
+    def cancel_job(self, job_id: str) -> Any:
+        """Cancel a queued or running job (FAILED_PRECONDITION once it ended); returns it."""
+        from highpeaks_ml.v1 import train_pb2
+
+        req = train_pb2.CancelTrainingJobRequest(id=job_id)
+        return self.train.CancelTrainingJob(req, **self._kw())
+
+    def watch_job(self, job_id: str, timeout: float | None = None) -> Iterator[Any]:
+        """Yield the job now, then at every state or stage change, until it ends.
+
+        ``timeout`` bounds the whole watch (None: no deadline).
+        """
+        from highpeaks_ml.v1 import train_pb2
+
+        kw = self._kw()
+        kw["timeout"] = timeout
+        yield from self.train.WatchTrainingJob(train_pb2.WatchTrainingJobRequest(id=job_id), **kw)
+
+    def wait_job(self, job_id: str, timeout: float | None = None) -> Any:
+        """Block until the job ends and return it (RpcError DEADLINE_EXCEEDED on timeout)."""
+        final = None
+        for job in self.watch_job(job_id, timeout):
+            final = job
+        return final if final is not None else self.get_job(job_id)

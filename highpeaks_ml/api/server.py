@@ -155,10 +155,19 @@ def _build_app(settings: Settings) -> App:
     app = App(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
     app.components["registry"] = LocalModelStore(settings.home)
+    from highpeaks_ml.training.datasets import DatasetStore
+
+    app.components["datasets"] = DatasetStore(settings.home, settings.max_dataset_bytes)
     from highpeaks_ml.serving.manager import ModelManager
 
     # Chooses the execution provider (logged; device=cuda fails here when unusable).
     app.components["models"] = ModelManager(settings, app.components["registry"])
+    from highpeaks_ml.training.jobs import JobManager
+
+    # Last: its start() may submit the demo job, which needs everything above.
+    app.components["jobs"] = JobManager(
+        settings, app.components["registry"], app.components["datasets"]
+    )
     return app
 
 

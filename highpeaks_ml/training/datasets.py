@@ -4,7 +4,9 @@ Layout under ``home``::
 
     datasets/<sha256>/data.csv    the uploaded bytes, exactly as sent
     datasets/<sha256>/meta.json   DatasetInfo: name, size, rows, columns with inferred types
-    tmp/upload-<uuid>/            an upload in progress (removed at start-up if left over)
+    tmp/upload-<uuid>/            an upload in progress
+    tmp/upload-<uuid>.lock        held (flock) by the uploading process; start-up removes
+                                  uploads whose lock is free (their process died)
 
 An upload streams to a staging file under ``tmp/`` with a running sha256 and
 the size limit checked on every chunk, is parsed and validated, and becomes
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -423,6 +426,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _abandoned(lock: Path) -> bool:
+    """Whether no live process holds ``lock`` (a missing lock counts as abandoned)."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the lock we may have taken
+    return True
+
+
 class Upload:
     """One upload in progress: ``write`` chunks, then ``finish`` (or ``discard``)."""
 
@@ -440,6 +458,12 @@ class Upload:
         self.target_column = target_column
         self.created_by = created_by
         self.staging = store.tmp_dir / f"{UPLOAD_PREFIX}{uuid.uuid4().hex}"
+        # The lock file exists (and is held) for as long as this upload does,
+        # so another process's start-up never removes a live upload (the
+        # home may be a volume shared with other replicas).
+        self._lock_path = Path(f"{self.staging}.lock")
+        self._lock_fd = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         self.staging.mkdir(parents=True)
         self._file: Any = open(self.staging / DATA_FILE, "wb")  # noqa: SIM115 - closed in finish
         self._hash = hashlib.sha256()
@@ -503,6 +527,8 @@ class Upload:
             with contextlib.suppress(OSError):
                 self._file.close()
             shutil.rmtree(self.staging, ignore_errors=True)
+            self._lock_path.unlink(missing_ok=True)
+            os.close(self._lock_fd)
 
 
 class DatasetStore:
@@ -518,13 +544,28 @@ class DatasetStore:
         self._builtins: dict[str, tuple[DatasetInfo, str]] = {}
 
     def start(self) -> None:
-        """Create the directories and remove uploads a crash left behind."""
+        """Create the directories and remove uploads a crashed process left behind.
+
+        An upload is abandoned when its lock file is missing or not held
+        (its owner died); live uploads of other processes are left alone.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        for entry in os.listdir(self.tmp_dir):
-            if entry.startswith(UPLOAD_PREFIX):
+        names = set(os.listdir(self.tmp_dir))
+        for entry in sorted(names):
+            if not entry.startswith(UPLOAD_PREFIX) or entry.endswith(".lock"):
+                continue
+            lock = self.tmp_dir / f"{entry}.lock"
+            if _abandoned(lock):
                 shutil.rmtree(self.tmp_dir / entry, ignore_errors=True)
+                lock.unlink(missing_ok=True)
                 log.warning("removed an interrupted dataset upload", extra={"entry": entry})
+        for entry in names:
+            lock = self.tmp_dir / entry
+            if entry.startswith(UPLOAD_PREFIX) and entry.endswith(".lock"):
+                staging = self.tmp_dir / entry.removesuffix(".lock")
+                if not staging.exists() and _abandoned(lock):
+                    lock.unlink(missing_ok=True)
 
     # --- uploads -----------------------------------------------------------
 

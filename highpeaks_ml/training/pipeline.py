@@ -257,6 +257,15 @@ def split(
     return X_train, X_test, y_train, y_test
 
 
+def check_params_fit_rows(algorithm: Algorithm, params: dict[str, Any], train_rows: int) -> None:
+    """Hyperparameters that depend on the data size (k of k-NN <= training rows)."""
+    k = params.get("n_neighbors")
+    if algorithm.name == "knn" and isinstance(k, int) and k > train_rows:
+        raise InvalidArgument(
+            f"hyperparameter 'n_neighbors' of 'knn' ({k}) exceeds the {train_rows} training rows"
+        )
+
+
 # --- model -----------------------------------------------------------------------
 
 
@@ -503,6 +512,7 @@ def train(
 
     data = prepare(frame, target, features, task)
     X_train, X_test, y_train, y_test = split(data, test_size, seed)
+    check_params_fit_rows(algorithm, params, len(X_train))
     model = build(algorithm, data, params, seed)
     report("FITTING")
     fit_warnings = fit(model, X_train, y_train, data.all_numeric)
@@ -573,6 +583,7 @@ __all__ = [
     "TrainedModel",
     "VerificationFailed",
     "build",
+    "check_params_fit_rows",
     "check_split_sizes",
     "evaluate",
     "export",

@@ -142,14 +142,21 @@ def test_list_newest_first_and_limit(store):
     assert [d.id for d in store.list(limit=1)] == [b.id]
 
 
-def test_start_removes_interrupted_uploads(tmp_path):
+def test_start_removes_abandoned_uploads_but_not_live_ones(tmp_path):
     s = DatasetStore(tmp_path / "home")
     s.start()
-    upload = s.begin_upload()
-    upload.write(b"a,b\n1,2\n")  # the process "dies" here: never finished
-    assert _staging(s) != []
-    DatasetStore(tmp_path / "home").start()
-    assert _staging(s) == [] and _stored(s) == []
+    # A crashed process's upload: staging data and a lock file nobody holds.
+    dead = s.tmp_dir / "upload-dead"
+    dead.mkdir()
+    (dead / "data.csv").write_bytes(b"a,b\n1,2\n")
+    (s.tmp_dir / "upload-dead.lock").touch()
+    (s.tmp_dir / "upload-orphan.lock").touch()
+    live = s.begin_upload()  # this process is alive and holds its lock
+    live.write(b"a,b\n1,2\n")
+    DatasetStore(tmp_path / "home").start()  # e.g. another replica starting
+    assert sorted(os.listdir(s.tmp_dir)) == sorted([live.staging.name, f"{live.staging.name}.lock"])
+    assert live.finish().rows == 1
+    assert _staging(s) == [] and len(_stored(s)) == 1
 
 
 def test_type_is_decided_over_every_chunk(store, monkeypatch):

@@ -1,0 +1,164 @@
+"""JobManager in-process (no gRPC): records, recovery, registration failures, serving-only mode.
+
+The worker processes are real (spawned); the registry is a small fake whose
+publish fails, to reach the "registering failed" path that the real store
+only takes on disk errors. The full lifecycle through the server is in
+tests/integration/test_training_api.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from highpeaks_ml.errors import Unavailable
+from highpeaks_ml.registry.base import ModelInfo, ModelStore, VersionMeta
+from highpeaks_ml.training.datasets import DatasetStore
+from highpeaks_ml.training.jobs import (
+    FAILED,
+    QUEUED,
+    RUNNING,
+    DatasetSource,
+    Job,
+    JobManager,
+    TrainRequest,
+)
+from tests.conftest import make_settings
+
+IRIS_FEATURES = [
+    "sepal length (cm)",
+    "sepal width (cm)",
+    "petal length (cm)",
+    "petal width (cm)",
+]
+
+
+class RefusingStore(ModelStore):
+    """A registry that has no models and refuses every publish (read-only storage)."""
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[str, VersionMeta]] = []
+
+    def list_models(self) -> list[ModelInfo]:
+        return []
+
+    def publish_file(self, name, onnx_path, meta, aliases=()):  # type: ignore[override]
+        assert Path(onnx_path).is_file()
+        self.attempts.append((name, meta))
+        raise Unavailable("the model storage is read-only")
+
+    def _unused(self, *args, **kwargs):
+        raise AssertionError("not used by JobManager")
+
+    get_model = resolve = read_model = iter_model_chunks = publish = _unused  # type: ignore[assignment]
+    set_alias = delete_alias = delete_version = add_listener = recover = _unused  # type: ignore[assignment]
+
+
+def _record(job_id: str, state: str, model: str) -> dict:
+    job = Job(
+        id=job_id,
+        model_name=model,
+        algorithm="logistic_regression",
+        request=TrainRequest(model, "logistic_regression", DatasetSource("builtin", "iris")),
+        state=state,
+        stage="FITTING" if state == RUNNING else "",
+        created_at=time.time(),
+        task="classification",
+        params={
+            "C": 1.0,
+            "max_iter": 100,
+            "tol": 1e-4,
+            "fit_intercept": True,
+            "class_weight": None,
+        },
+        target="target",
+        features=[[f, "numeric"] for f in IRIS_FEATURES],
+        time_limit_s=60.0,
+    )
+    return job.to_dict()
+
+
+@pytest.fixture
+def run() -> Iterator[Callable]:
+    def go(coro):
+        return asyncio.run(asyncio.wait_for(coro, 120))
+
+    yield go
+
+
+def test_records_round_trip_without_inline_rows():
+    rows = [{"x": 1.0, "y": "a"}, {"x": 2.0, "y": "b"}]
+    req = TrainRequest("m", "knn", DatasetSource("inline", rows=rows, row_count=2), seed=5)
+    job = Job("j1", "m", "knn", req, created_at=1.0)
+    data = json.loads(json.dumps(job.to_dict()))
+    assert "rows" not in data["request"]["dataset"]
+    back = Job.from_dict(data)
+    assert back.request.dataset.row_count == 2 and back.request.dataset.rows is None
+    assert back.request.seed == 5 and back.id == "j1"
+
+
+def test_recovery_and_a_refused_publish(tmp_path, run):
+    home = tmp_path / "home"
+    (home / "jobs").mkdir(parents=True)
+    (home / "tmp").mkdir()
+    (home / "tmp" / "job-old.onnx").write_bytes(b"partial")  # a crashed job's staging file
+    for job_id, state in (("interrupted", RUNNING), ("waiting", QUEUED)):
+        (home / "jobs" / f"{job_id}.json").write_text(json.dumps(_record(job_id, state, "m")))
+    store = RefusingStore()
+    manager = JobManager(make_settings(home), store, DatasetStore(home))
+
+    async def scenario():
+        await manager.start()
+        try:
+            assert not (home / "tmp" / "job-old.onnx").exists()
+            interrupted = manager.get("interrupted")
+            assert interrupted.state == FAILED and "interrupted by a server restart" in (
+                interrupted.error
+            )
+            return await manager._until_final("waiting")
+        finally:
+            await manager.begin_shutdown()
+            await manager.close()
+
+    final = run(scenario())
+    assert final.state == FAILED
+    assert final.error == "registering the version failed: the model storage is read-only"
+    ((name, meta),) = store.attempts
+    assert name == "m" and meta.job_id == "waiting" and meta.verification["passed"]
+    assert [e for e in os.listdir(home / "tmp") if e.startswith("job-")] == []
+    on_disk = json.loads((home / "jobs" / "interrupted.json").read_text())
+    assert on_disk["state"] == FAILED
+
+
+def test_serving_only_server_leaves_the_trainers_jobs_alone(tmp_path, run):
+    home = tmp_path / "home"
+    (home / "jobs").mkdir(parents=True)
+    (home / "tmp").mkdir()
+    (home / "tmp" / "job-live.onnx").write_bytes(b"the trainer is writing this")
+    record = home / "jobs" / "live.json"
+    record.write_text(json.dumps(_record("live", RUNNING, "m")))
+    settings = make_settings(home).model_copy(update={"training_workers": 0})
+    manager = JobManager(settings, RefusingStore(), DatasetStore(home))
+
+    async def scenario():
+        await manager.start()
+        try:
+            with pytest.raises(Unavailable, match="training_workers=0"):
+                await manager.start_training(
+                    TrainRequest("m", "knn", DatasetSource("builtin", "iris"))
+                )
+            with pytest.raises(Unavailable):
+                manager.get("live")
+        finally:
+            await manager.begin_shutdown()
+            await manager.close()
+
+    run(scenario())
+    assert json.loads(record.read_text())["state"] == RUNNING
+    assert (home / "tmp" / "job-live.onnx").exists()
