@@ -512,3 +512,30 @@ def test_struct_values_for_hyperparameters_round_trip(client):
     )
     final = client.wait_job(job.id, timeout=120)
     assert final.state == SUCCEEDED, final.error
+
+
+def test_created_by_is_the_authenticated_caller(tmp_path_factory, tmp_path):
+    from highpeaks_ml.api.auth import ADMIN, PREDICT, TRAIN
+    from tests.support import security as sec
+
+    secret = b"s" * 40
+    (tmp_path / "secret").write_bytes(secret)
+    home = tmp_path_factory.mktemp("training-auth") / "home"
+    home.mkdir()
+    env = {
+        "HIGHPEAKS_ML_AUTH_MODE": "jwt",
+        "HIGHPEAKS_ML_JWT_ALGORITHMS": "HS256",
+        "HIGHPEAKS_ML_JWT_SECRET_FILE": str(tmp_path / "secret"),
+    }
+    server = ServerProcess(home, env=env)
+    try:
+        claims = sec.claims(f"{PREDICT} {TRAIN} {ADMIN}", sub="alice")
+        with Client(server.target, timeout=60, token=sec.token(secret, claims, "HS256")) as c:
+            ds = c.upload_dataset(_mixed_csv(tmp_path / "a.csv", rows=60))
+            assert ds.created_by == "alice"
+            job = c.start_training("owned", "logistic_regression", "builtin:iris")
+            assert job.created_by == "alice"
+            assert c.wait_job(job.id, timeout=120).state == SUCCEEDED
+        assert LocalModelStore(home).resolve("owned").created_by == "alice"
+    finally:
+        server.stop()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from grpc import aio
 
+from highpeaks_ml.api.context import ANONYMOUS, NO_SUBJECT, current_subject
 from highpeaks_ml.api.converters import training as conv
 from highpeaks_ml.errors import InvalidArgument
 from highpeaks_ml.training.catalogue import algorithms
@@ -22,6 +23,12 @@ from highpeaks_ml.v1 import train_pb2, train_pb2_grpc
 
 if TYPE_CHECKING:
     from highpeaks_ml.api.server import App
+
+
+def _creator() -> str:
+    """The caller's subject for ``created_by`` ("" when auth is off)."""
+    subject = current_subject()
+    return "" if subject in (ANONYMOUS, NO_SUBJECT) else subject
 
 
 class TrainServicer(train_pb2_grpc.TrainServiceServicer):
@@ -52,7 +59,9 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         if first is None or first.WhichOneof("part") != "info":
             raise InvalidArgument("the first UploadDataset message must carry info")
         kwargs = conv.upload_info_from_proto(first.info)
-        upload = await asyncio.to_thread(self.datasets.begin_upload, **kwargs)
+        upload = await asyncio.to_thread(
+            self.datasets.begin_upload, **kwargs, created_by=_creator()
+        )
         try:
             async for message in stream:
                 if message.WhichOneof("part") != "chunk":
@@ -87,7 +96,9 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
     async def StartTraining(
         self, request: train_pb2.StartTrainingRequest, context: aio.ServicerContext
     ) -> train_pb2.TrainingJob:
-        job = await self.jobs.start_training(conv.train_request_from_proto(request))
+        job = await self.jobs.start_training(
+            conv.train_request_from_proto(request), created_by=_creator()
+        )
         return conv.job_to_proto(job)
 
     async def GetTrainingJob(
