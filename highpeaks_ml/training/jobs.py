@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from highpeaks_ml import metrics as prom
 from highpeaks_ml.config import Settings
 from highpeaks_ml.errors import (
     FailedPrecondition,
@@ -338,6 +339,7 @@ class JobManager:
                 asyncio.create_task(self._slot(index), name=f"training-slot-{index}")
             )
         self._started = True
+        self._count_states()
         if self._queue:
             log.info("resuming %d queued training job(s)", len(self._queue))
             self._wake.set()
@@ -655,6 +657,14 @@ class JobManager:
         data = json.dumps(snap.to_dict(), separators=(",", ":")).encode()
         await asyncio.to_thread(self._write_record, snap.id, snap.seq, data)
         self._notify(snap)
+        self._count_states()
+
+    def _count_states(self) -> None:
+        """The jobs-per-state gauge (every state present, zeros included)."""
+        counts = dict.fromkeys(STATES, 0)
+        for j in self._jobs.values():
+            counts[j.state] = counts.get(j.state, 0) + 1
+        prom.set_training_jobs(counts)
 
     def _write_record(self, job_id: str, seq: int, data: bytes) -> None:
         # Writes may finish out of order (threads); never let an older state win.
@@ -680,6 +690,8 @@ class JobManager:
         # state sees them gone (a crash in between: restart recovery decides).
         await asyncio.to_thread(self._drop_files, job.id)
         await self._save(job)
+        if job.started_at:
+            prom.record_training_job(job.algorithm, state, job.finished_at - job.started_at)
         log.info(
             "training job ended",
             extra={"job": job.id, "state": state, "version": job.model_version, "error": error},

@@ -7,10 +7,13 @@ import urllib.request
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from highpeaks_ml.client import Client
+from highpeaks_ml.v1 import train_pb2
 from tests.conftest import ServerProcess
 from tests.support import security as sec
 
@@ -132,3 +135,38 @@ def test_metrics_stop_with_the_server(tmp_path):
 
 def test_metrics_off_by_default(server):
     assert "metrics endpoint" not in server.output()
+
+
+def test_training_and_serving_metrics_end_to_end(metered):
+    """Train and predict through the real server (with a token); the domain
+    metrics and the caller's subject come out where they should."""
+    proc, port = metered
+    token = sec.token(SECRET, sec.claims("ml:train ml:predict", sub="svc-e2e"), "HS256")
+    with Client(proc.target, token=token, timeout=120) as client:
+        job = client.start_training("metered", "logistic_regression", "builtin:iris")
+        done = client.wait_job(job.id, timeout=240)
+        assert train_pb2.JobState.Name(done.state) == "JOB_STATE_SUCCEEDED", done.error
+        assert done.created_by == "svc-e2e"
+        X = np.array([[5.1, 3.5, 1.4, 0.2]] * 7, dtype=np.float32)
+        result = client.predict("metered", X)
+        assert len(result.labels) == 7
+        assert client.get_version("metered", done.model_version).created_by == "svc-e2e"
+    s = scrape(port)
+    v = {"model": "metered", "version": str(done.model_version)}
+    assert value(s, "highpeaks_ml_training_jobs", state="SUCCEEDED") >= 1
+    assert value(s, "highpeaks_ml_training_jobs", state="RUNNING") == 0
+    assert (
+        value(
+            s,
+            "highpeaks_ml_training_job_duration_seconds_count",
+            algorithm="logistic_regression",
+            state="SUCCEEDED",
+        )
+        >= 1
+    )
+    assert value(s, "highpeaks_ml_predicted_rows_total", **v) == 7
+    assert value(s, "highpeaks_ml_predict_batch_rows_sum", **v) == 7
+    assert value(s, "highpeaks_ml_predict_compute_seconds_count", **v) == 1
+    assert value(s, "highpeaks_ml_model_load_seconds_count", model="metered") >= 1
+    assert value(s, "highpeaks_ml_loaded_sessions") >= 1
+    assert "subject=svc-e2e" in proc.output()
