@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -153,6 +154,29 @@ def rs(keys: Keys, scopes: str | None = ALL_SCOPES, **kw) -> str:
 def test_every_public_method_has_a_scope():
     assert set(METHODS) <= set(METHOD_SCOPES), set(METHODS) - set(METHOD_SCOPES)
     assert not set(METHOD_SCOPES) & PUBLIC_METHODS
+
+
+def test_every_served_method_is_in_the_table(chan):
+    """Whatever services the server registers (OIP included, once it is there),
+    each of their methods has an entry: a new RPC cannot ship without one."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(chan)
+    (listing,) = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+    )
+    served = set()
+    for svc in listing.list_services_response.service:
+        if svc.name.startswith(("grpc.health.", "grpc.reflection.")):
+            continue
+        req = reflection_pb2.ServerReflectionRequest(file_containing_symbol=svc.name)
+        (resp,) = stub.ServerReflectionInfo(iter([req]), timeout=10)
+        for raw in resp.file_descriptor_response.file_descriptor_proto:
+            fd = descriptor_pb2.FileDescriptorProto.FromString(raw)
+            for service in fd.service:
+                full = f"{fd.package}.{service.name}" if fd.package else service.name
+                if full == svc.name:
+                    served.update(f"/{full}/{m.name}" for m in service.method)
+    assert len(served) >= len(METHODS)
+    assert served <= set(METHOD_SCOPES), served - set(METHOD_SCOPES)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
