@@ -505,6 +505,42 @@ def get_algorithm(name: str) -> Algorithm:
     return algo
 
 
+def _shown(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"`{value}`" if isinstance(value, str) else str(value)
+
+
+def catalogue_markdown() -> str:
+    """The catalogue as Markdown tables (docs/training.md embeds it; a test keeps it current)."""
+    out: list[str] = []
+    for a in algorithms():
+        scaling = "standardised" if a.scales_numeric else "not scaled"
+        out += [
+            f"**`{a.name}`** ({', '.join(a.tasks)}; numeric columns {scaling}): {a.description}",
+            "",
+            "| hyperparameter | type | default | allowed |",
+            "| --- | --- | --- | --- |",
+        ]
+        for p in a.params:
+            allowed = []
+            if p.minimum is not None or p.maximum is not None:
+                allowed.append(f"{_shown(p.minimum)} … {_shown(p.maximum)}")
+            if p.choices:
+                allowed.append(", ".join(f"`{c}`" for c in p.choices))
+            if p.nullable:
+                allowed.append("or null")
+            if p.tasks != TASKS:
+                allowed.append(f"({' and '.join(p.tasks)} only)")
+            out.append(f"| `{p.name}` | {p.type} | {_shown(p.default)} | {' '.join(allowed)} |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
 def infer_task(target_numeric: bool, target_integral: bool, distinct_values: int) -> str:
     """The task for a target column: strings, or integers with few values, are classes."""
     if not target_numeric:
@@ -568,6 +604,7 @@ __all__ = [
     "Algorithm",
     "Param",
     "algorithms",
+    "catalogue_markdown",
     "get_algorithm",
     "infer_task",
     "resolve_task",

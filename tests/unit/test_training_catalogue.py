@@ -153,3 +153,13 @@ def test_task_refusals(requested, algo, numeric, integral, distinct, fragment):
     with pytest.raises(InvalidArgument) as err:
         _resolve(requested, algo, numeric, integral, distinct)
     assert fragment in err.value.message
+
+
+def test_docs_catalogue_block_is_current():
+    from tests.conftest import ROOT
+
+    text = (ROOT / "docs" / "training.md").read_text()
+    block = text.split("<!-- catalogue:begin -->\n", 1)[1].split("<!-- catalogue:end -->", 1)[0]
+    assert block == catalogue.catalogue_markdown(), (
+        "paste highpeaks_ml.training.catalogue.catalogue_markdown() into docs/training.md"
+    )
