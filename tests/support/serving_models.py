@@ -117,6 +117,38 @@ def iris_forest_string_labels(name: str = "flowers", trees: int = 5) -> Exported
 
 
 @functools.cache
+def deep_forest(name: str = "slow") -> Exported:
+    """A deliberately slow model: 100 unpruned trees grown on noisy labels (4 features).
+
+    About 8 µs per row on one core, from 16 bytes of input per row: a small
+    request that keeps onnxruntime busy (deadline tests).
+    """
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = make_classification(
+        n_samples=3000, n_features=4, n_informative=4, n_redundant=0, flip_y=0.4, random_state=0
+    )
+    model = RandomForestClassifier(n_estimators=100, random_state=0).fit(X, y)
+    onnx = _convert(model, [("input", FloatTensorType([None, 4]))])
+    meta = _meta(
+        name,
+        onnx,
+        algorithm="random_forest",
+        features=tuple(FeatureSpec(f"x{i}", "numeric") for i in range(4)),
+        inputs=(TensorSpec("input", "float32", (-1, 4)),),
+        outputs=(
+            TensorSpec("label", "int64", (-1,)),
+            TensorSpec("probabilities", "float32", (-1, 2)),
+        ),
+        class_labels=("0", "1"),
+        label_dtype="int64",
+    )
+    return Exported(model, onnx, meta, X.astype(np.float32))
+
+
+@functools.cache
 def linear_regressor(name: str = "prices") -> Exported:
     """LinearRegression on synthetic data; output "variable" [-1, 1]."""
     from skl2onnx.common.data_types import FloatTensorType
