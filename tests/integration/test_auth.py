@@ -467,3 +467,30 @@ def test_unusable_key_files_fail_at_start(tmp_path, keys):
 def test_auth_off_warns_once(server):
     out = server.output()
     assert out.count("AUTHENTICATION IS OFF") == 1
+
+
+def test_cli_sends_the_token(jwks_server, keys):
+    import os
+
+    cli = [
+        sys.executable,
+        "-m",
+        "highpeaks_ml.cli",
+        "models",
+        "list",
+        "--json",
+        "--target",
+        jwks_server.target,
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "HIGHPEAKS_ML_TOKEN"}
+    refused = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+    token = rs(keys, PREDICT)
+    ok = subprocess.run(
+        cli, env={**env, "HIGHPEAKS_ML_TOKEN": token}, capture_output=True, text=True, timeout=60
+    )
+    assert ok.returncode == 0, ok.stderr
+    flag = subprocess.run(
+        [*cli, "--token", token], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert flag.returncode == 0, flag.stderr
