@@ -34,6 +34,9 @@ log = logging.getLogger("highpeaks_ml.server")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 #: After the drain, how long grpc may still take to flush finished responses.
 _FLUSH_S = 1.0
+#: Request metadata (headers) allowed per call: room for a bearer token of
+#: auth.MAX_TOKEN_CHARS and the usual headers; more is RESOURCE_EXHAUSTED.
+MAX_METADATA_BYTES = 16 * 1024
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 #: Full names of the public services, from the generated descriptors.
@@ -266,6 +269,10 @@ async def create_server(settings: Settings) -> tuple[Server, int]:
         ("grpc.max_send_message_length", settings.max_send_message_bytes),
         # Do not let a second server silently share the port (SO_REUSEPORT).
         ("grpc.so_reuseport", 0),
+        # One metadata limit, not grpc's soft/hard pair between which requests
+        # are refused at random (a 9 KB bearer token failed one call in eight).
+        ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+        ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
     ]
     auth_interceptor = build_auth_interceptor(settings)
     credentials = _server_credentials(settings)

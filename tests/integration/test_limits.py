@@ -164,3 +164,13 @@ def test_concurrent_rpcs_beyond_the_limit(chan):
             assert exc.code() == EXHAUSTED
             assert time.monotonic() < deadline, "the slots were never released"
             time.sleep(0.05)
+
+
+def test_request_metadata_limit_is_one_sharp_limit(chan):
+    for _ in range(20):  # below: always accepted (no random refusals) ...
+        assert _check(chan, metadata=(("x-big", "x" * 12_000),)) == SERVING
+    for _ in range(5):  # ... above: always RESOURCE_EXHAUSTED, the channel stays usable
+        with pytest.raises(grpc.RpcError) as err:
+            _check(chan, metadata=(("x-big", "x" * 17_000),))
+        assert err.value.code() == EXHAUSTED
+        assert _check(chan) == SERVING
