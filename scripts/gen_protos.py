@@ -9,6 +9,15 @@ they are: no sed, no sys.path tricks.
     python scripts/gen_protos.py            # regenerate in place
     python scripts/gen_protos.py --check    # regenerate into a temp dir, fail on any diff
 
+The Open Inference Protocol proto (package ``inference``) is the exception:
+tritonclient registers the same ``inference.*`` names in protobuf's default
+descriptor pool, so a generated ``_pb2.py`` would make any process that
+imports both fail with "duplicate symbol". For it protoc writes a serialized
+FileDescriptorSet next to where the module would be
+(protos/highpeaks_ml/oip/v2/open_inference.proto ->
+highpeaks_ml/oip/v2/open_inference.binpb), which
+``highpeaks_ml.api.oip_messages`` loads into a private pool (docs/oip.md).
+
 The output is committed and never edited by hand; CI runs --check.
 """
 
@@ -24,6 +33,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 INIT_TEXT = '"""Generated from protos/ by scripts/gen_protos.py. Do not edit."""\n'
+#: Protos compiled to a FileDescriptorSet (``.binpb``) instead of Python modules.
+DESCRIPTOR_SET_PROTOS = (Path("highpeaks_ml/oip/v2/open_inference.proto"),)
+
+
+def _stub_protos() -> list[Path]:
+    """The protos that get Python modules (every one but DESCRIPTOR_SET_PROTOS)."""
+    return [
+        p
+        for p in sorted(PROTO_ROOT.rglob("*.proto"))
+        if p.relative_to(PROTO_ROOT) not in DESCRIPTOR_SET_PROTOS
+    ]
+
+
+def _descriptor_sets() -> list[Path]:
+    """Where each DESCRIPTOR_SET_PROTOS file's .binpb goes, relative to the root."""
+    return [rel.with_suffix(".binpb") for rel in DESCRIPTOR_SET_PROTOS]
 
 
 def _generated_dirs(protos: list[Path]) -> set[Path]:
@@ -35,7 +60,7 @@ def generate(out: Path) -> list[Path]:
     import grpc_tools
     from grpc_tools import protoc
 
-    protos = sorted(PROTO_ROOT.rglob("*.proto"))
+    protos = _stub_protos()
     if not protos:
         raise SystemExit("no .proto files under protos/")
     well_known = Path(grpc_tools.__file__).parent / "_proto"
@@ -61,6 +86,21 @@ def generate(out: Path) -> list[Path]:
     for rel_dir in _generated_dirs(protos):
         files += sorted((out / rel_dir).glob("*_pb2*.py*"))
         files += [out / rel_dir / "__init__.py"]
+    for rel, target in zip(DESCRIPTOR_SET_PROTOS, _descriptor_sets(), strict=True):
+        (out / target).parent.mkdir(parents=True, exist_ok=True)
+        # No source info (comments): the set is for message classes and
+        # reflection, and stays small and stable.
+        args = [
+            "grpc_tools.protoc",
+            f"-I{PROTO_ROOT}",
+            f"-I{well_known}",
+            "--include_imports",
+            f"--descriptor_set_out={out / target}",
+            str(rel),
+        ]
+        if protoc.main(args) != 0:
+            raise SystemExit(f"protoc failed on {rel}")
+        files.append(out / target)
     return files
 
 
@@ -72,13 +112,15 @@ def _generated_files(base: Path, rel_dirs: set[Path]) -> dict[Path, Path]:
                 f.name == "__init__.py" and f.read_text() == INIT_TEXT
             ):
                 found[f.relative_to(base)] = f
+    for target in _descriptor_sets():
+        if (base / target).exists():
+            found[target] = base / target
     return found
 
 
 def check() -> int:
     """Regenerate into a temporary directory and compare with the committed files."""
-    protos = sorted(PROTO_ROOT.rglob("*.proto"))
-    rel_dirs = _generated_dirs(protos)
+    rel_dirs = _generated_dirs(_stub_protos())
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         generate(tmp_path)
@@ -91,6 +133,9 @@ def check() -> int:
             elif rel not in fresh:
                 problems.append(f"stale (no .proto generates it): {rel}")
             elif not filecmp.cmp(fresh[rel], committed[rel], shallow=False):
+                if rel.suffix == ".binpb":
+                    problems.append(f"differs: {rel}")
+                    continue
                 diff = difflib.unified_diff(
                     committed[rel].read_text().splitlines(),
                     fresh[rel].read_text().splitlines(),
@@ -116,8 +161,7 @@ def main() -> int:
     if args.check:
         return check()
     # Remove stale outputs first so a deleted .proto leaves nothing behind.
-    protos = sorted(PROTO_ROOT.rglob("*.proto"))
-    for rel, f in _generated_files(ROOT, _generated_dirs(protos)).items():
+    for rel, f in _generated_files(ROOT, _generated_dirs(_stub_protos())).items():
         if rel.name != "__init__.py":
             f.unlink()
     files = generate(ROOT)
