@@ -263,7 +263,7 @@ def _version_lines(v: Any) -> list[str]:
         lines.append(f"  description: {v.description}")
     hp = json_format.MessageToDict(v.hyperparameters)
     if hp:
-        lines.append("  hyperparameters: " + ", ".join(f"{k}={hp[k]}" for k in sorted(hp)))
+        lines.append("  hyperparameters: " + ", ".join(f"{k}={_param(hp[k])}" for k in sorted(hp)))
     if v.metrics:
         lines.append(
             "  metrics: " + "  ".join(f"{k}={v.metrics[k]:.4g}" for k in sorted(v.metrics))
@@ -307,3 +307,10 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _param(value: object) -> object:
+    """Struct numbers are doubles: show whole numbers as ints (n_estimators=100, not 100.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
