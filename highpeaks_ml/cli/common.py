@@ -6,9 +6,11 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from highpeaks_ml.config import env_default_target
 
@@ -101,21 +103,37 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def with_client(
+    fn: Callable[[Any, argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """Run ``fn(client, args)``; a failed call becomes ``error: CODE: details`` and exit 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        client = client_of(args)
+        try:
+            return fn(client, args)
+        except grpc.RpcError as exc:
+            raise rpc_error(exc) from None
+        finally:
+            client.close()
+
+    return run
+
+
+def to_dict(msg: Any) -> dict[str, Any]:
+    """A protobuf message as a JSON-ready dict (proto field names)."""
+    return dict(json_format.MessageToDict(msg, preserving_proto_field_name=True))
+
+
 def register_health(sub: Any) -> None:
     """``highpeaks-ml health [SERVICE]``: the server's grpc.health.v1 status."""
     p = sub.add_parser("health", help="check a server's health (grpc.health.v1)")
     p.add_argument("service", nargs="?", default="", help="service name ('' = overall)")
     add_target(p)
 
-    def run(args: argparse.Namespace) -> int:
-        client = client_of(args)
-        try:
-            status = client.health(args.service)
-        except grpc.RpcError as exc:
-            raise rpc_error(exc) from None
-        finally:
-            client.close()
+    def run(client: Any, args: argparse.Namespace) -> int:
+        status = client.health(args.service)
         print(status)
         return 0 if status == "SERVING" else 1
 
-    p.set_defaults(func=run)
+    p.set_defaults(func=with_client(run))

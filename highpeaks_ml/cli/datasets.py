@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
-from google.protobuf import json_format
-
-from highpeaks_ml.cli.common import ClientError, add_target, client_of, print_json, rpc_error
+from highpeaks_ml.cli.common import (
+    ClientError,
+    add_target,
+    print_json,
+    to_dict,
+    with_client,
+)
 
 
 def register(sub: Any) -> None:
@@ -33,39 +35,19 @@ def register(sub: Any) -> None:
     )
     up.add_argument("--json", action="store_true", help="print the dataset as JSON")
     add_target(up)
-    up.set_defaults(func=wrap(_upload))
+    up.set_defaults(func=with_client(_upload))
 
     ls = dsub.add_parser("list", help="list uploaded datasets, newest first")
     ls.add_argument("--limit", type=int, default=0, help="at most this many (default 100)")
     ls.add_argument("--json", action="store_true", help="print JSON")
     add_target(ls)
-    ls.set_defaults(func=wrap(_list))
+    ls.set_defaults(func=with_client(_list))
 
     show = dsub.add_parser("show", help="show a dataset's columns and inferred types")
     show.add_argument("id", help="dataset id (sha256)")
     show.add_argument("--json", action="store_true", help="print JSON")
     add_target(show)
-    show.set_defaults(func=wrap(_show))
-
-
-def wrap(fn: Callable[[Any, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Run ``fn(client, args)``; a failed call becomes ``error: CODE: details`` and exit 1."""
-
-    def run(args: argparse.Namespace) -> int:
-        client = client_of(args)
-        try:
-            return fn(client, args)
-        except grpc.RpcError as exc:
-            raise rpc_error(exc) from None
-        finally:
-            client.close()
-
-    return run
-
-
-def to_dict(msg: Any) -> dict[str, Any]:
-    """A protobuf message as a JSON-ready dict (proto field names)."""
-    return dict(json_format.MessageToDict(msg, preserving_proto_field_name=True))
+    show.set_defaults(func=with_client(_show))
 
 
 def upload(client: Any, path: Path, name: str | None, target: str | None) -> Any:

@@ -6,8 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from highpeaks_ml.cli.common import add_target, print_json
-from highpeaks_ml.cli.datasets import to_dict, wrap
+from highpeaks_ml.cli.common import add_target, print_json, to_dict, with_client
 from highpeaks_ml.cli.train import EXIT_CANCELLED, EXIT_FAILED, _names, follow
 
 _STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -30,13 +29,13 @@ def register(sub: Any) -> None:
     ls.add_argument("--limit", type=int, default=0, help="at most this many (default 100)")
     ls.add_argument("--json", action="store_true", help="print JSON")
     add_target(ls)
-    ls.set_defaults(func=wrap(_list))
+    ls.set_defaults(func=with_client(_list))
 
     show = jsub.add_parser("show", help="show one job")
     show.add_argument("id")
     show.add_argument("--json", action="store_true", help="print JSON")
     add_target(show)
-    show.set_defaults(func=wrap(_show))
+    show.set_defaults(func=with_client(_show))
 
     watch = jsub.add_parser(
         "watch",
@@ -50,12 +49,12 @@ def register(sub: Any) -> None:
     watch.add_argument("--wait-timeout", type=float, default=None, help="give up after S s")
     watch.add_argument("--json", action="store_true", help="print the final job as JSON")
     add_target(watch)
-    watch.set_defaults(func=wrap(_watch))
+    watch.set_defaults(func=with_client(_watch))
 
     cancel = jsub.add_parser("cancel", help="cancel a queued or running job")
     cancel.add_argument("id")
     add_target(cancel)
-    cancel.set_defaults(func=wrap(_cancel))
+    cancel.set_defaults(func=with_client(_cancel))
 
 
 def _when(ts: Any) -> str:

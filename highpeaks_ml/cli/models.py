@@ -6,14 +6,17 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
-from highpeaks_ml.cli.common import add_target, client_of, print_json, rpc_error
+from highpeaks_ml.cli.common import (
+    add_target,
+    print_json,
+    to_dict,
+    with_client,
+)
 
 _TASKS = {"classification": "classification", "regression": "regression"}
 
@@ -30,14 +33,14 @@ def register(sub: Any) -> None:
     ls = msub.add_parser("list", help="list models with their latest version and aliases")
     ls.add_argument("--json", action="store_true", help="print JSON")
     add_target(ls)
-    ls.set_defaults(func=_wrap(_list))
+    ls.set_defaults(func=with_client(_list))
 
     show = msub.add_parser("show", help="show a model's versions, or one version")
     show.add_argument("name")
     _add_selector(show)
     show.add_argument("--json", action="store_true", help="print JSON")
     add_target(show)
-    show.set_defaults(func=_wrap(_show))
+    show.set_defaults(func=with_client(_show))
 
     alias = msub.add_parser(
         "alias", help="point ALIAS at VERSION (create or move it), or --delete it"
@@ -47,7 +50,7 @@ def register(sub: Any) -> None:
     alias.add_argument("version", nargs="?", type=int, help="version number (not with --delete)")
     alias.add_argument("--delete", action="store_true", help="remove the alias")
     add_target(alias)
-    alias.set_defaults(func=_wrap(_alias))
+    alias.set_defaults(func=with_client(_alias))
 
     delete = msub.add_parser("delete", help="delete one version")
     delete.add_argument("name")
@@ -56,7 +59,7 @@ def register(sub: Any) -> None:
         "--force", action="store_true", help="delete even when aliases point at it (removes them)"
     )
     add_target(delete)
-    delete.set_defaults(func=_wrap(_delete))
+    delete.set_defaults(func=with_client(_delete))
 
     imp = msub.add_parser("import", help="register an external ONNX file as the next version")
     imp.add_argument("name")
@@ -75,14 +78,14 @@ def register(sub: Any) -> None:
     imp.add_argument("--description", default="", help="free text")
     imp.add_argument("--json", action="store_true", help="print the new version as JSON")
     add_target(imp)
-    imp.set_defaults(func=_wrap(_import))
+    imp.set_defaults(func=with_client(_import))
 
     exp = msub.add_parser("export", help="download a version's ONNX file")
     exp.add_argument("name")
     _add_selector(exp)
     exp.add_argument("-o", "--output", type=Path, required=True, help="file to write")
     add_target(exp)
-    exp.set_defaults(func=_wrap(_export))
+    exp.set_defaults(func=with_client(_export))
 
 
 def _add_selector(p: argparse.ArgumentParser) -> None:
@@ -91,32 +94,13 @@ def _add_selector(p: argparse.ArgumentParser) -> None:
     group.add_argument("--alias", help="alias, e.g. production")
 
 
-def _wrap(fn: Callable[[Any, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Run ``fn(client, args)``; a failed call becomes ``error: CODE: details`` and exit 1."""
-
-    def run(args: argparse.Namespace) -> int:
-        client = client_of(args)
-        try:
-            return fn(client, args)
-        except grpc.RpcError as exc:
-            raise rpc_error(exc) from None
-        finally:
-            client.close()
-
-    return run
-
-
-def _to_dict(msg: Any) -> dict[str, Any]:
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
-
-
 # --- commands ------------------------------------------------------------------
 
 
 def _list(client: Any, args: argparse.Namespace) -> int:
     models = client.list_models()
     if args.json:
-        print_json([_to_dict(m) for m in models])
+        print_json([to_dict(m) for m in models])
         return 0
     if not models:
         print("no models")
@@ -132,13 +116,13 @@ def _show(client: Any, args: argparse.Namespace) -> int:
     if args.version is not None or args.alias is not None:
         version = client.get_version(args.name, version=args.version, alias=args.alias)
         if args.json:
-            print_json(_to_dict(version))
+            print_json(to_dict(version))
         else:
             print("\n".join(_version_lines(version)))
         return 0
     model = client.get_model(args.name)
     if args.json:
-        print_json(_to_dict(model))
+        print_json(to_dict(model))
         return 0
     print(f"model {model.name}")
     print(f"  latest version: {model.latest_version}")
@@ -187,7 +171,7 @@ def _import(client: Any, args: argparse.Namespace) -> int:
         description=args.description,
     )
     if args.json:
-        print_json(_to_dict(version))
+        print_json(to_dict(version))
     else:
         print(f"imported {version.model_name} version {version.version} (sha256 {version.sha256})")
     return 0

@@ -11,8 +11,8 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from highpeaks_ml.cli.common import ClientError, add_target, print_json
-from highpeaks_ml.cli.datasets import to_dict, upload, wrap
+from highpeaks_ml.cli.common import ClientError, add_target, print_json, to_dict, with_client
+from highpeaks_ml.cli.datasets import upload
 
 #: Exit codes of ``--wait`` / ``jobs watch`` by final state.
 EXIT_FAILED = 1
@@ -70,14 +70,14 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the job as JSON")
     add_target(p)
-    p.set_defaults(func=wrap(_train))
+    p.set_defaults(func=with_client(_train))
 
     algos = sub.add_parser(
         "algorithms", help="list the algorithm catalogue with hyperparameters and bounds"
     )
     algos.add_argument("--json", action="store_true", help="print JSON")
     add_target(algos)
-    algos.set_defaults(func=wrap(_algorithms))
+    algos.set_defaults(func=with_client(_algorithms))
 
 
 def _algorithms(client: Any, args: argparse.Namespace) -> int:
