@@ -1,7 +1,9 @@
 """Validation and conversion of prediction inputs, and assembly of outputs (numpy only).
 
 Inputs arrive as a dense tensor (``TensorInput``: typed values or raw
-little-endian bytes) or as named rows (``RowsInput``). ``InputPlan`` is built
+little-endian bytes), as one tensor per model input (``TensorsInput``, what
+the Open Inference Protocol sends) or as named rows (``RowsInput``).
+``InputPlan`` is built
 once per loaded version from its ``VersionMeta`` and the session's real
 inputs/outputs; ``InputPlan.feeds`` checks a request against it and returns
 the onnxruntime feeds, ``InputPlan.assemble`` turns onnxruntime's outputs
@@ -23,20 +25,26 @@ Layouts the plan understands (docs/conventions): a trained model with only
 numeric features has one ``input`` [-1, n_features] in feature order; with a
 categorical feature it has one [-1, 1] input per feature (strings for the
 categorical ones); an imported model has whatever its graph says, and takes
-a tensor when it has a single input or rows keyed by its input names.
+a tensor when it has a single input or rows keyed by its input names. Every
+layout takes ``TensorsInput`` keyed by the graph's input names; each tensor
+is validated exactly like a lone ``TensorInput`` for that input.
+
+Messages name the offending part in the caller's own wire vocabulary: a
+``TensorInput`` carries a ``Naming`` (``tensor.shape[1]``/``FLOAT32`` for
+the native API, ``inputs['input'].shape[1]``/``FP32`` for the OIP).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from highpeaks_ml.errors import InvalidArgument
-from highpeaks_ml.registry.base import FeatureSpec, VersionMeta
+from highpeaks_ml.registry.base import FeatureSpec, TensorSpec, VersionMeta
 
 #: numpy dtype of each element type name (strings are numpy object arrays).
 NUMPY_DTYPES: dict[str, Any] = {
@@ -81,18 +89,48 @@ _MAX_ELEMENTS = 2**63 - 1
 
 
 @dataclass(frozen=True)
+class Naming:
+    """How refusals name a tensor and its parts, in the wire's own words."""
+
+    #: The tensor itself (``tensor.shape[1]: ...``).
+    tensor: str = "tensor"
+    #: Its element-type field.
+    dtype: str = "tensor.data_type"
+    #: Its raw-bytes field.
+    raw: str = "tensor.raw_data"
+    #: Its typed-values field.
+    values: str = "tensor"
+    #: Appended to "not given" for a missing element type.
+    unset: str = " (DATA_TYPE_UNSPECIFIED)"
+    #: Element type name -> the name callers use for it.
+    types: Mapping[str, str] = field(default_factory=lambda: SHOWN)
+
+
+NATIVE = Naming()
+
+
+@dataclass(frozen=True)
 class TensorInput:
     """A dense row-major tensor as a caller sent it.
 
     ``dtype`` is an element type name ("" when not given), ``values`` the
-    typed elements (any sequence; converted only after the size checks) or
-    ``raw`` the little-endian bytes. At most one of them is set.
+    typed elements (any sequence, strings as ``str`` or UTF-8 ``bytes``;
+    converted only after the size checks) or ``raw`` the little-endian bytes.
+    At most one of them is set. ``naming`` says how refusals name its parts.
     """
 
     dtype: str
     shape: tuple[int, ...]
     values: Sequence[Any] | None = None
     raw: bytes | None = None
+    naming: Naming = NATIVE
+
+
+@dataclass(frozen=True)
+class TensorsInput:
+    """One tensor per model input, keyed by the graph's input name."""
+
+    tensors: Mapping[str, TensorInput]
 
 
 @dataclass(frozen=True)
@@ -114,6 +152,10 @@ class Prediction:
     class_labels: tuple[str, ...] = ()
     values: np.ndarray | None = None
     rows: int = 0
+    #: The produced ONNX outputs as onnxruntime returned them (shape and element
+    #: type unchanged), keyed by the name the caller asked for them by (the ONNX
+    #: name, or an alias in ``OUTPUT_ALIASES``), in the order asked.
+    outputs: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -139,6 +181,9 @@ class Slot:
 
 
 OUTPUT_KINDS = ("labels", "probabilities", "values")
+#: Output names accepted besides the ONNX ones (MLServer's scikit-learn runtime
+#: names): "predict" is the labels of a classifier or the values of a regressor.
+OUTPUT_ALIASES = {"predict": ("labels", "values"), "predict_proba": ("probabilities",)}
 
 
 @dataclass(frozen=True)
@@ -170,6 +215,34 @@ class OutputPlan:
             kinds = ", ".join(sorted(have)) or "none"
             raise InvalidArgument(f"outputs: {model} has no {missing[0]} output (it has: {kinds})")
         return [have[k] for k in OUTPUT_KINDS if k in wanted]
+
+    @property
+    def served(self) -> tuple[str, ...]:
+        """The ONNX names of the outputs served (labels, probabilities, values)."""
+        return tuple(n for n in (self.label, self.probabilities, self.values) if n is not None)
+
+    def resolve(self, requested: Sequence[str], model: str) -> list[str]:
+        """ONNX output names for ``requested`` names (ONNX names or ``OUTPUT_ALIASES``)."""
+        by_kind = {"labels": self.label, "probabilities": self.probabilities, "values": self.values}
+        aliases = {
+            alias: next((by_kind[k] for k in kinds if by_kind[k] is not None), None)
+            for alias, kinds in OUTPUT_ALIASES.items()
+        }
+        out: list[str] = []
+        for i, name in enumerate(requested):
+            if name in requested[:i]:
+                raise InvalidArgument(f"outputs[{i}]: {name!r} is requested twice")
+            onnx_name = name if name in self.served else aliases.get(name)
+            if onnx_name is None:
+                have = ", ".join(self.served) or "none"
+                usable = ", ".join(a for a, n in aliases.items() if n is not None)
+                raise InvalidArgument(
+                    f"outputs[{i}]: {model} has no output {name!r} (it has: {have}"
+                    + (f"; aliases: {usable}" if usable else "")
+                    + ")"
+                )
+            out.append(onnx_name)
+        return out
 
 
 @dataclass(frozen=True)
@@ -254,12 +327,45 @@ class InputPlan:
     # --- requests -> feeds --------------------------------------------------
 
     def feeds(
-        self, data: TensorInput | RowsInput, max_rows: int
+        self, data: TensorInput | TensorsInput | RowsInput, max_rows: int
     ) -> tuple[dict[str, np.ndarray], int]:
         """Validate ``data`` and return (onnxruntime feeds, row count)."""
         if isinstance(data, TensorInput):
             return self._tensor_feeds(data, max_rows)
+        if isinstance(data, TensorsInput):
+            return self._named_feeds(data, max_rows)
         return self._rows_feeds(data, max_rows)
+
+    def _named_feeds(self, data: TensorsInput, max_rows: int) -> tuple[dict[str, np.ndarray], int]:
+        given = data.tensors
+        order = [s.name for s in self.slots]
+        unknown = [k for k in given if k not in order]
+        missing = [k for k in order if k not in given]
+        if unknown or missing:
+            problems = []
+            if unknown:
+                problems.append(f"unknown input {unknown[0]!r}")
+            if missing:
+                problems.append(f"missing input {missing[0]!r}")
+            raise InvalidArgument(
+                f"inputs: {' and '.join(problems)} ({self.label} takes"
+                f" {len(order)}: {', '.join(order)})"
+            )
+        feeds: dict[str, np.ndarray] = {}
+        rows = -1
+        first = ""
+        for slot in self.slots:
+            t = given[slot.name]
+            arr, n = self._slot_feed(slot, t, max_rows)
+            if rows < 0:
+                rows, first = n, slot.name
+            elif n != rows:
+                raise InvalidArgument(
+                    f"{t.naming.tensor}.shape[0]: {n} rows but input {first!r} has {rows};"
+                    " every input needs the same number of rows"
+                )
+            feeds[slot.name] = arr
+        return feeds, max(rows, 0)
 
     def _tensor_feeds(self, t: TensorInput, max_rows: int) -> tuple[dict[str, np.ndarray], int]:
         if self.kind == "columns":
@@ -275,26 +381,32 @@ class InputPlan:
                 " keyed by input name"
             )
         slot = self.slots[0]
+        arr, rows = self._slot_feed(slot, t, max_rows)
+        return {slot.name: arr}, rows
+
+    def _slot_feed(self, slot: Slot, t: TensorInput, max_rows: int) -> tuple[np.ndarray, int]:
+        """Validate ``t`` for input ``slot``; (the feed, its row count)."""
+        n = t.naming
         if not t.dtype:
-            raise InvalidArgument("tensor.data_type: not given (DATA_TYPE_UNSPECIFIED)")
+            raise InvalidArgument(f"{n.dtype}: not given{n.unset}")
         if t.dtype not in _ACCEPTS[slot.dtype]:
             raise InvalidArgument(
-                f"tensor.data_type: {SHOWN.get(t.dtype, t.dtype)} is not accepted by input"
-                f" {slot.name!r} of {self.label}, which takes {SHOWN[slot.dtype]}"
+                f"{n.dtype}: {n.types.get(t.dtype, t.dtype)} is not accepted by input"
+                f" {slot.name!r} of {self.label}, which takes {n.types[slot.dtype]}"
                 + (" (numbers)" if slot.dtype in _NUMBERS else "")
             )
         shape = t.shape
-        _check_dims(shape, "tensor.shape")
+        _check_dims(shape, f"{n.tensor}.shape")
         if not shape:
-            raise InvalidArgument("tensor.shape: empty; give [rows, features]")
+            raise InvalidArgument(f"{n.tensor}.shape: empty; give [rows, features]")
         rows = shape[0]
         if rows > max_rows:
             raise InvalidArgument(
-                f"tensor.shape[0]: {rows} rows is over the limit of {max_rows} rows per request"
+                f"{n.tensor}.shape[0]: {rows} rows is over the limit of {max_rows} rows per request"
             )
         if len(shape) != len(slot.shape):
             raise InvalidArgument(
-                f"tensor.shape: {list(shape)} has {len(shape)} dimensions but input"
+                f"{n.tensor}.shape: {list(shape)} has {len(shape)} dimensions but input"
                 f" {slot.name!r} of {self.label} has {len(slot.shape)} {_shown_shape(slot.shape)}"
             )
         for i, (got, want) in enumerate(zip(shape[1:], slot.row_shape, strict=True), start=1):
@@ -302,16 +414,16 @@ class InputPlan:
                 if self.kind == "matrix" and i == 1:
                     names = ", ".join(f.name for f in self.features)
                     raise InvalidArgument(
-                        f"tensor.shape[1]: {got} features given but {self.label} expects"
+                        f"{n.tensor}.shape[1]: {got} features given but {self.label} expects"
                         f" {want} ({names})"
                     )
                 raise InvalidArgument(
-                    f"tensor.shape[{i}]: {got} but input {slot.name!r} of {self.label} needs"
+                    f"{n.tensor}.shape[{i}]: {got} but input {slot.name!r} of {self.label} needs"
                     f" {want} {_shown_shape(slot.shape)}"
                 )
         count = math.prod(shape)
         if count > _MAX_ELEMENTS:
-            raise InvalidArgument(f"tensor.shape: {list(shape)} overflows (over 2^63 elements)")
+            raise InvalidArgument(f"{n.tensor}.shape: {list(shape)} overflows (over 2^63 elements)")
         arr = _tensor_array(t, count)
         arr = arr.reshape(shape)
         if t.dtype != slot.dtype:
@@ -319,8 +431,12 @@ class InputPlan:
             with np.errstate(over="ignore"):
                 arr = arr.astype(NUMPY_DTYPES[slot.dtype])
         if slot.dtype in _FLOATS:
-            _check_finite(arr, "tensor", self.features)
-        return {slot.name: arr}, rows
+            # Columns of the feature matrix, or the one feature of a per-feature input.
+            features = self.features if self.kind == "matrix" else ()
+            if slot.feature is not None:
+                features = (slot.feature,)
+            _check_finite(arr, n.tensor, features)
+        return arr, rows
 
     def _rows_feeds(self, data: RowsInput, max_rows: int) -> tuple[dict[str, np.ndarray], int]:
         rows = data.rows
@@ -388,9 +504,17 @@ class InputPlan:
         return out
 
     def assemble(
-        self, names: Sequence[str], arrays: Sequence[np.ndarray], provider: str, rows: int
+        self,
+        names: Sequence[str],
+        arrays: Sequence[np.ndarray],
+        provider: str,
+        rows: int,
+        as_names: Sequence[str] | None = None,
     ) -> Prediction:
-        """A ``Prediction`` from onnxruntime's outputs ``arrays`` (in the order of ``names``)."""
+        """A ``Prediction`` from onnxruntime's outputs ``arrays`` (in the order of ``names``).
+
+        ``as_names`` are the names the caller asked for them by (default: ``names``).
+        """
         o = self.outputs
         labels = probabilities = values = None
         for name, arr in zip(names, arrays, strict=True):
@@ -410,6 +534,7 @@ class InputPlan:
             class_labels=o.class_labels if probabilities is not None else (),
             values=values,
             rows=rows,
+            outputs=dict(zip(as_names or names, arrays, strict=True)),
         )
 
     def warmup_feeds(self) -> dict[str, np.ndarray]:
@@ -493,6 +618,21 @@ def _output_plan(
     )
 
 
+def served_outputs(meta: VersionMeta) -> tuple[TensorSpec, ...]:
+    """The recorded outputs a request can get (labels, probabilities, values), in order.
+
+    Read from the metadata alone (no session needed); when the recorded
+    outputs do not form a usable plan, all of them.
+    """
+    ort = {v: k for k, v in ORT_TYPES.items()}
+    specs = [(o.name, ort.get(o.dtype, ""), o.shape) for o in meta.outputs]
+    try:
+        served = _output_plan(meta, specs).served
+    except ValueError:
+        return tuple(meta.outputs)
+    return tuple(o for o in meta.outputs if o.name in served)
+
+
 def _check_dims(shape: Sequence[int], where: str) -> None:
     for i, d in enumerate(shape):
         if d < 0:
@@ -502,38 +642,55 @@ def _check_dims(shape: Sequence[int], where: str) -> None:
 def _tensor_array(t: TensorInput, count: int) -> np.ndarray:
     """The 1-D array of ``count`` elements carried by ``t`` (sizes checked first)."""
     sent = NUMPY_DTYPES[t.dtype]
-    shown = SHOWN[t.dtype]
+    n = t.naming
+    shown = n.types[t.dtype]
     if t.raw is not None and len(t.raw) > 0:
         raw = t.raw
         if t.dtype == "string":
-            return _decode_strings(raw, count)
+            return _decode_strings(raw, count, n.raw, shown)
         need = count * sent.itemsize
         if len(raw) != need:
             raise InvalidArgument(
-                f"tensor.raw_data: {len(raw)} bytes but shape {list(t.shape)} of {shown} needs"
-                f" {need} bytes"
+                f"{n.raw}: {len(raw)} bytes but shape {list(t.shape)} of {shown} needs {need} bytes"
             )
         arr = np.frombuffer(raw, dtype=sent)
         if t.dtype == "bool":
             as_bytes = np.frombuffer(raw, dtype=np.uint8)
             if (as_bytes > 1).any():
-                raise InvalidArgument("tensor.raw_data: BOOL elements must be bytes 0 or 1")
+                raise InvalidArgument(f"{n.raw}: BOOL elements must be bytes 0 or 1")
         return arr
     values = t.values if t.values is not None else ()
     if len(values) != count:
         raise InvalidArgument(
-            f"tensor: {len(values)} values given but shape {list(t.shape)} has {count} elements"
+            f"{n.values}: {len(values)} values given but shape {list(t.shape)} has {count} elements"
         )
     if t.dtype == "string":
+        items = list(values)
+        if items and not isinstance(items[0], str):  # UTF-8 bytes (OIP bytes_contents)
+            items = _utf8(items, n.values)
         arr = np.empty(count, dtype=object)
-        arr[:] = list(values)
+        arr[:] = items
         return arr
     # fromiter: the fastest way from a sequence of Python numbers (protobuf's
     # repeated fields included) to a contiguous array.
     return np.fromiter(values, dtype=sent, count=count)
 
 
-def _decode_strings(raw: bytes, count: int) -> np.ndarray:
+def _utf8(items: list[Any], where: str) -> list[str]:
+    try:
+        return [bytes(b).decode("utf-8") for b in items]
+    except UnicodeDecodeError:
+        for i, b in enumerate(items):
+            try:
+                bytes(b).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidArgument(f"{where}: string element {i} is not UTF-8") from None
+        raise  # not reached
+
+
+def _decode_strings(
+    raw: bytes, count: int, where: str = "tensor.raw_data", shown: str = "STRING"
+) -> np.ndarray:
     """Decode the length-prefixed layout (4-byte little-endian length, then UTF-8 bytes)."""
     out = np.empty(count, dtype=object)
     pos = 0
@@ -541,19 +698,19 @@ def _decode_strings(raw: bytes, count: int) -> np.ndarray:
     view = memoryview(raw)
     for i in range(count):
         if pos + 4 > size:
-            raise InvalidArgument(f"tensor.raw_data: ends after {i} of {count} STRING elements")
+            raise InvalidArgument(f"{where}: ends after {i} of {count} {shown} elements")
         n = int.from_bytes(view[pos : pos + 4], "little")
         pos += 4
         if pos + n > size:
-            raise InvalidArgument(f"tensor.raw_data: STRING element {i} runs past the end")
+            raise InvalidArgument(f"{where}: {shown} element {i} runs past the end")
         try:
             out[i] = bytes(view[pos : pos + n]).decode("utf-8")
         except UnicodeDecodeError:
-            raise InvalidArgument(f"tensor.raw_data: STRING element {i} is not UTF-8") from None
+            raise InvalidArgument(f"{where}: {shown} element {i} is not UTF-8") from None
         pos += n
     if pos != size:
         raise InvalidArgument(
-            f"tensor.raw_data: {size - pos} bytes left over after {count} STRING elements"
+            f"{where}: {size - pos} bytes left over after {count} {shown} elements"
         )
     return out
 

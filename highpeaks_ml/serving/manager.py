@@ -22,6 +22,12 @@ inference) runs in a small thread pool, never on the event loop. A version
 that fails to load is marked failed with the reason and answered
 ``Unavailable`` with it (retried after ``FAILED_RETRY_S``); other versions
 keep serving.
+
+Both front doors (the native PredictService and the Open Inference
+Protocol) call ``predict``; the OIP's repository and readiness calls use
+``model_ready``, ``describe``, ``repository_index``, ``load_model``,
+``unload_model`` and ``statistics``. Statistics (``serving/stats.py``) are
+counted here, so both front doors contribute to them.
 """
 
 from __future__ import annotations
@@ -41,11 +47,24 @@ import numpy as np
 
 from highpeaks_ml import metrics
 from highpeaks_ml.config import Settings
-from highpeaks_ml.errors import DeadlineExceeded, HighPeaksError, NotFound, Unavailable
+from highpeaks_ml.errors import (
+    DeadlineExceeded,
+    HighPeaksError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from highpeaks_ml.registry.base import ModelInfo, ModelStore, VersionMeta
 from highpeaks_ml.serving import providers
 from highpeaks_ml.serving.batching import Batcher
-from highpeaks_ml.serving.inputs import InputPlan, Prediction, RowsInput, TensorInput
+from highpeaks_ml.serving.inputs import (
+    InputPlan,
+    Prediction,
+    RowsInput,
+    TensorInput,
+    TensorsInput,
+)
+from highpeaks_ml.serving.stats import StatsSnapshot, VersionStats
 
 log = logging.getLogger("highpeaks_ml.serving")
 
@@ -70,9 +89,22 @@ class PredictQuery:
     name: str
     version: int | None = None
     alias: str | None = None
-    data: TensorInput | RowsInput = field(default_factory=lambda: RowsInput(()))
+    data: TensorInput | TensorsInput | RowsInput = field(default_factory=lambda: RowsInput(()))
     #: Subset of ("labels", "probabilities", "values"); empty = all the model has.
     outputs: frozenset[str] = frozenset()
+    #: Outputs by name instead (ONNX names or ``inputs.OUTPUT_ALIASES``), returned
+    #: in ``Prediction.outputs`` under these names; takes precedence over ``outputs``.
+    output_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """A version of the registry with its load state in this process."""
+
+    model_name: str
+    version: int
+    state: str  # unloaded | loading | ready | failed
+    error: str = ""
 
 
 class LoadedVersion:
@@ -85,6 +117,8 @@ class LoadedVersion:
         self.provider = provider
         self.all_outputs = plan.outputs.names(frozenset(), plan.label)
         self.batcher: Batcher | None = None
+        #: Set by the manager once loaded (warm-up runs are not counted).
+        self.stats: VersionStats | None = None
 
     def run(
         self,
@@ -104,9 +138,14 @@ class LoadedVersion:
         if record:
             name, version = self.meta.model_name, self.meta.version
             rows = next(iter(feeds.values())).shape[0] if feeds else 0
-            metrics.record_inference(name, version, rows, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            metrics.record_inference(name, version, rows, elapsed)
+            if self.stats is not None:
+                self.stats.record_execution(rows, elapsed)
             if queued_at is not None:
                 metrics.record_queue_wait(name, started - queued_at)
+                if self.stats is not None:
+                    self.stats.record_queue(started - queued_at)
         return outs
 
 
@@ -154,6 +193,7 @@ class ModelManager:
         self._models: dict[str, ModelInfo] = {}
         self._entries: dict[tuple[str, int], _Entry] = {}
         self._cache: OrderedDict[tuple[str, int], LoadedVersion] = OrderedDict()
+        self._stats: dict[tuple[str, int], VersionStats] = {}
         workers = max(2, providers.usable_cores())
         self._infer = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
         self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="model-load")
@@ -237,9 +277,26 @@ class ModelManager:
 
     async def _predict(self, query: PredictQuery) -> Prediction:
         meta = await self.resolve(query.name, query.version, query.alias)
+        stats = self._stats_for(meta.model_name, meta.version)
+        started = time.perf_counter()
+        try:
+            pred = await self._predict_on(meta, query)
+        except BaseException:
+            # Invalid input, a load failure, a deadline or a cancellation.
+            stats.record_request(False, 0, time.perf_counter() - started)
+            raise
+        stats.record_request(True, pred.rows, time.perf_counter() - started)
+        return pred
+
+    async def _predict_on(self, meta: VersionMeta, query: PredictQuery) -> Prediction:
         lv = await self.get_loaded(meta)
         plan = lv.plan
-        names = plan.outputs.names(query.outputs, plan.label)
+        as_names: list[str] | None = None
+        if query.output_names:
+            names = plan.outputs.resolve(query.output_names, plan.label)
+            as_names = list(query.output_names)
+        else:
+            names = plan.outputs.names(query.outputs, plan.label)
         data = query.data
         max_rows = self.settings.max_predict_rows
         if _elements(data) >= _LARGE_ELEMENTS:
@@ -247,24 +304,24 @@ class ModelManager:
             # (each trip costs a thread wake-up and an event-loop wake-up).
             rows, outs = await self._run(lv, None, data)
             if rows == 0:
-                return plan.assemble(names, plan.empty_outputs(names), lv.provider, 0)
+                return plan.assemble(names, plan.empty_outputs(names), lv.provider, 0, as_names)
         else:
             feeds, rows = plan.feeds(data, max_rows)
             if rows == 0:
-                return plan.assemble(names, plan.empty_outputs(names), lv.provider, 0)
+                return plan.assemble(names, plan.empty_outputs(names), lv.provider, 0, as_names)
             if lv.batcher is not None and rows < lv.batcher.max_rows:
                 outs = await lv.batcher.submit(feeds, rows)
             else:
                 _, outs = await self._run(lv, feeds)
         metrics.record_prediction(lv.meta.model_name, lv.meta.version, rows)
         by_name = dict(zip(lv.all_outputs, outs, strict=True))
-        return plan.assemble(names, [by_name[n] for n in names], lv.provider, rows)
+        return plan.assemble(names, [by_name[n] for n in names], lv.provider, rows, as_names)
 
     async def _run(
         self,
         lv: LoadedVersion,
         feeds: dict[str, np.ndarray] | None,
-        data: TensorInput | RowsInput | None = None,
+        data: TensorInput | TensorsInput | RowsInput | None = None,
     ) -> tuple[int, list[np.ndarray]]:
         """(rows, outputs) of one run in the thread pool: of ``feeds``, or of ``data``
         validated and converted there first (``rows == 0``: nothing was run)."""
@@ -349,6 +406,7 @@ class ModelManager:
             fut.set_exception(error)
             fut.exception()  # retrieved: waiters get it through shield()
             raise error from None
+        lv.stats = self._stats_for(meta.model_name, meta.version)
         if self.settings.batching and lv.plan.batchable:
             lv.batcher = Batcher(
                 lv.run,
@@ -356,7 +414,7 @@ class ModelManager:
                 self.settings.max_batch_size,
                 self.settings.max_batch_delay_us / 1e6,
                 max_inflight=max(1, providers.usable_cores()),
-                on_wait=functools.partial(metrics.record_queue_wait, meta.model_name),
+                on_wait=functools.partial(_record_wait, meta.model_name, lv.stats),
             )
         entry.state, entry.error, entry.loaded = "ready", "", lv
         self._cache[key] = lv
@@ -424,6 +482,113 @@ class ModelManager:
             log.info("unloaded model %s version %d", *key)
         metrics.set_loaded_sessions(len(self._cache))
 
+    # --- repository, readiness and statistics (OIP) --------------------------
+
+    def _stats_for(self, name: str, version: int) -> VersionStats:
+        key = (name, version)
+        stats = self._stats.get(key)
+        if stats is None:
+            stats = self._stats[key] = VersionStats(name, version)
+        return stats
+
+    async def _info(self, name: str) -> ModelInfo:
+        """A model's versions and aliases: the view, else the store (NotFound when unknown)."""
+        info = self._models.get(name)
+        if info is not None:
+            return info
+        info = await asyncio.to_thread(self.registry.get_model, name)
+        if not info.versions:
+            raise NotFound(f"model {name!r} not found")
+        self._schedule_refresh(name)
+        return info
+
+    async def model_ready(
+        self, name: str, version: int | None = None, alias: str | None = None
+    ) -> bool:
+        """Whether the version named is loaded and ready here (False when it does not exist)."""
+        try:
+            meta = await self.resolve(name, version, alias)
+        except (NotFound, InvalidArgument):  # no such model (or not even a valid name)
+            return False
+        lv = self._cache.get((meta.model_name, meta.version))
+        return lv is not None and lv.meta.sha256 == meta.sha256
+
+    async def describe(
+        self, name: str, version: int | None = None, alias: str | None = None
+    ) -> tuple[ModelInfo, VersionMeta]:
+        """The model (all its versions) and the version named (latest by default)."""
+        meta = await self.resolve(name, version, alias)
+        return await self._info(name), meta
+
+    async def repository_index(self) -> list[VersionState]:
+        """Every version in the store with its load state here, by model then version."""
+        infos = await asyncio.to_thread(self.registry.list_models)
+        out = []
+        for info in sorted(infos, key=lambda i: i.name):
+            for meta in info.versions:
+                state, error, _provider = self.version_status(info.name, meta.version)
+                out.append(VersionState(info.name, meta.version, state, error))
+        return out
+
+    async def load_model(self, name: str) -> list[int]:
+        """Load the versions callers reach without a number (latest, aliased); their numbers.
+
+        An explicit load retries a version that failed recently at once. Raises
+        ``NotFound`` for an unknown model and ``Unavailable`` (with the reason)
+        when a version does not load.
+        """
+        info = await self._info(name)
+        wanted = sorted(_targets(info))
+        for v in wanted:
+            entry = self._entries.get((name, v))
+            if entry is not None and entry.state == "failed":
+                entry.failed_at = 0.0
+        for v in wanted:
+            meta = _pick(info, v, None)
+            if meta is not None:
+                await self.get_loaded(meta)
+        return wanted
+
+    async def unload_model(self, name: str) -> list[int]:
+        """Release every loaded version of ``name`` from memory (not from disk); their numbers.
+
+        Requests in flight finish on the sessions they hold; a later request
+        loads its version again, as after an eviction from the cache. A
+        failed version's error is forgotten, so the next request retries it.
+        """
+        await self._info(name)  # NotFound for an unknown model
+        released = []
+        for key in [k for k in self._entries if k[0] == name]:
+            entry = self._entries[key]
+            if entry.state == "ready":
+                released.append(key[1])
+                self._unload(key)
+            elif entry.state == "failed":
+                entry.state, entry.error, entry.failed_at = "unloaded", "", 0.0
+        return sorted(released)
+
+    async def statistics(
+        self, name: str | None = None, version: int | None = None, alias: str | None = None
+    ) -> list[StatsSnapshot]:
+        """Statistics of one version, of every version of ``name`` (no version or alias
+        given), or of every version of every model (no name)."""
+        if name is None:
+            infos = await asyncio.to_thread(self.registry.list_models)
+            keys = [
+                (i.name, m.version) for i in sorted(infos, key=lambda i: i.name) for m in i.versions
+            ]
+        elif version is None and alias is None:
+            info = await self._info(name)
+            keys = [(name, m.version) for m in info.versions]
+        else:
+            meta = await self.resolve(name, version, alias)
+            keys = [(meta.model_name, meta.version)]
+        out = []
+        for key in keys:
+            stats = self._stats.get(key)
+            out.append(stats.snapshot() if stats is not None else StatsSnapshot(*key))
+        return out
+
     # --- change tracking ----------------------------------------------------
 
     def _on_change(self, name: str) -> None:
@@ -456,6 +621,8 @@ class ModelManager:
                 for key in [k for k in self._entries if k[0] == name]:
                     self._unload(key)
                     self._entries.pop(key, None)
+                for key in [k for k in self._stats if k[0] == name]:
+                    del self._stats[key]
                 return
             if old is not None and _signature(old) == _signature(info):
                 return
@@ -478,6 +645,7 @@ class ModelManager:
                 if v not in present:
                     self._unload(key)
                     self._entries.pop(key, None)
+                    self._stats.pop(key, None)
                 elif v in old_targets and v not in new_targets:
                     self._unload(key)
             log.info(
@@ -518,7 +686,15 @@ def _pick(info: ModelInfo, version: int | None, alias: str | None) -> VersionMet
     return info.latest
 
 
-def _elements(data: TensorInput | RowsInput) -> int:
+def _record_wait(model: str, stats: VersionStats, seconds: float) -> None:
+    """A request's wait for its (batched) execution: in the metrics and the statistics."""
+    metrics.record_queue_wait(model, seconds)
+    stats.record_queue(seconds)
+
+
+def _elements(data: TensorInput | TensorsInput | RowsInput) -> int:
+    if isinstance(data, TensorsInput):
+        return sum(_elements(t) for t in data.tensors.values())
     if isinstance(data, RowsInput):
         return len(data.rows) * 8
     if data.raw:
@@ -526,4 +702,4 @@ def _elements(data: TensorInput | RowsInput) -> int:
     return len(data.values) if data.values is not None else 0
 
 
-__all__ = ["LoadedVersion", "ModelManager", "PredictQuery"]
+__all__ = ["LoadedVersion", "ModelManager", "PredictQuery", "VersionState"]
