@@ -95,15 +95,14 @@ METHOD_SCOPES: dict[str, str] = {
     _REGISTRY_SVC + "DeleteAlias": ADMIN,
     _REGISTRY_SVC + "DeleteModelVersion": ADMIN,
     _REGISTRY_SVC + "ImportModel": ADMIN,
-    # Open Inference Protocol (KServe v2 / Triton): reads and inference...
+    # Open Inference Protocol (KServe v2 / Triton), the methods served (docs/oip.md):
+    # reads and inference...
     _OIP_SVC + "ServerLive": PREDICT,
     _OIP_SVC + "ServerReady": PREDICT,
     _OIP_SVC + "ModelReady": PREDICT,
     _OIP_SVC + "ServerMetadata": PREDICT,
     _OIP_SVC + "ModelMetadata": PREDICT,
     _OIP_SVC + "ModelInfer": PREDICT,
-    _OIP_SVC + "ModelStreamInfer": PREDICT,
-    _OIP_SVC + "ModelConfig": PREDICT,
     _OIP_SVC + "ModelStatistics": PREDICT,
     _OIP_SVC + "RepositoryIndex": PREDICT,
     # ... and the repository changes.

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from highpeaks_ml import __version__
 from highpeaks_ml import metrics as metrics_mod
+from highpeaks_ml.api import oip_messages
 from highpeaks_ml.api.auth import build_auth_interceptor
 from highpeaks_ml.api.context import ANONYMOUS, NO_SUBJECT
 from highpeaks_ml.api.interceptors import ErrorMappingInterceptor, Lifecycle
@@ -44,6 +45,8 @@ PUBLIC_SERVICES: tuple[str, ...] = (
     train_pb2.DESCRIPTOR.services_by_name["TrainService"].full_name,
     predict_pb2.DESCRIPTOR.services_by_name["PredictService"].full_name,
     registry_pb2.DESCRIPTOR.services_by_name["ModelRegistryService"].full_name,
+    # The Open Inference Protocol (its descriptors live in a private pool: docs/oip.md).
+    oip_messages.SERVICE_NAME,
 )
 
 
@@ -54,6 +57,8 @@ class App:
     settings: Settings
     components: dict[str, Any] = field(default_factory=dict)
     closers: list[Any] = field(default_factory=list)
+    #: What health reports as SERVING: start-up done, shutdown not begun (OIP ServerReady).
+    ready: bool = False
 
     async def start(self) -> None:
         """Start-up work that must finish before the server reports SERVING."""
@@ -114,6 +119,7 @@ class Server:
     async def set_serving(self, serving: bool) -> None:
         """Set the overall and per-service health status."""
         status = SERVING if serving else NOT_SERVING
+        self.app.ready = serving
         for name in ("", *PUBLIC_SERVICES):
             await self.health.set(name, status)
 
@@ -129,6 +135,7 @@ class Server:
         deadline = loop.time() + grace
         # Refuse new RPCs (UNAVAILABLE) from now on; health keeps answering.
         self.lifecycle.draining = True
+        self.app.ready = False
         await self.health.enter_graceful_shutdown()
         await self.app.shutdown()
         # Drain with the listener still open, so late callers get a clear
@@ -302,7 +309,9 @@ async def create_server(settings: Settings) -> tuple[Server, int]:
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )
-    reflection.enable_server_reflection(service_names, grpc_server)
+    # A pool of its own: the OIP's descriptors are not in protobuf's default pool.
+    pool = oip_messages.reflection_pool(service_names)
+    reflection.enable_server_reflection(service_names, grpc_server, pool=pool)
     address = _address(settings.host, settings.port)
     if credentials is not None:
         port = grpc_server.add_secure_port(address, credentials)

@@ -176,3 +176,13 @@ def test_reflection_pool_has_every_service_file():
     assert pool.FindMessageTypeByName("inference.ModelInferRequest").file.name == (
         "highpeaks_ml/oip/v2/open_inference.proto"
     )
+
+
+def test_scope_table_has_exactly_the_served_methods():
+    from highpeaks_ml.api.auth import ADMIN, METHOD_SCOPES, PREDICT
+
+    prefix = f"/{oip_messages.SERVICE_NAME}/"
+    table = {m: s for m, s in METHOD_SCOPES.items() if m.startswith(prefix)}
+    assert set(table) == {prefix + m.name for m in OURS.methods}
+    admin = {prefix + "RepositoryModelLoad", prefix + "RepositoryModelUnload"}
+    assert all(s == (ADMIN if m in admin else PREDICT) for m, s in table.items())

@@ -1,0 +1,312 @@
+"""Open Inference Protocol messages <-> serving domain objects.
+
+ModelInfer requests become the same ``PredictQuery`` the native Predict
+builds: one ``TensorInput`` per input tensor (``TensorsInput``), validated by
+``serving/inputs.py`` like any other request; this module only checks what is
+specific to the protocol's wire form (datatype names, which ``contents``
+field, raw vs typed, parameters) and names fields the protocol's way
+(``inputs['input'].shape[1]``, ``raw_input_contents[0]``, ``FP32``).
+
+Outputs keep the ONNX names, element types and shapes onnxruntime produced
+(``label`` [N], ``probabilities`` [N, C], ``variable`` [N, 1]); an output
+requested by an alias (``predict``, ``predict_proba``) is returned under the
+name it was requested by. Outputs are raw (``raw_output_contents``) when the
+request's inputs were raw, typed (``contents``) when they were typed; the
+request parameter ``binary_data_output`` (bool) overrides that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from highpeaks_ml.api.converters.predict import encode_strings
+from highpeaks_ml.api.oip_messages import (
+    ModelInferResponse,
+    ModelMetadataResponse,
+    ModelStatisticsResponse,
+    RepositoryIndexResponse,
+    ServerMetadataResponse,
+)
+from highpeaks_ml.errors import InvalidArgument
+from highpeaks_ml.registry.base import ModelInfo, TensorSpec, VersionMeta
+from highpeaks_ml.serving.inputs import Naming, Prediction, TensorInput, TensorsInput
+from highpeaks_ml.serving.manager import PredictQuery, VersionState
+from highpeaks_ml.serving.stats import Duration, StatsSnapshot
+
+#: The protocol's datatype names of the element types served.
+DATATYPES = {
+    "FP32": "float32",
+    "FP64": "float64",
+    "INT64": "int64",
+    "INT32": "int32",
+    "BOOL": "bool",
+    "BYTES": "string",
+}
+#: Element type -> the protocol's datatype name.
+DATATYPE_OF = {v: k for k, v in DATATYPES.items()}
+#: The InferTensorContents field of each element type.
+CONTENTS_FIELDS = {
+    "float32": "fp32_contents",
+    "float64": "fp64_contents",
+    "int64": "int64_contents",
+    "int32": "int_contents",
+    "bool": "bool_contents",
+    "string": "bytes_contents",
+}
+#: The platform reported for every model.
+PLATFORM = "onnx_onnxv1"
+#: Protocol extensions implemented (and only those are advertised).
+EXTENSIONS = ("model_repository", "statistics")
+#: RepositoryIndex state of each load state, with the reason shown when there is no error.
+REPOSITORY_STATES = {
+    "ready": ("READY", ""),
+    "loading": ("LOADING", ""),
+    "failed": ("UNAVAILABLE", ""),
+    "unloaded": ("UNAVAILABLE", "unloaded"),
+}
+_NUMPY_TYPES = {
+    np.dtype(np.float32): "float32",
+    np.dtype(np.float64): "float64",
+    np.dtype(np.int64): "int64",
+    np.dtype(np.int32): "int32",
+    np.dtype(np.bool_): "bool",
+}
+_SUPPORTED = ", ".join(DATATYPES)
+# Parameters that ask for features this server does not have: refused rather
+# than ignored, so a caller never silently gets something else.
+_UNSUPPORTED_TENSOR_PARAMS = ("shared_memory_region", "shared_memory_byte_size")
+_UNSUPPORTED_OUTPUT_PARAMS = ("classification", *_UNSUPPORTED_TENSOR_PARAMS)
+
+
+# --- model selection ------------------------------------------------------------
+
+
+def version_selector(value: str, field: str) -> tuple[int | None, str | None]:
+    """(version, alias) of a protocol version string: "" = latest, digits = a number,
+    anything else = an alias."""
+    if not value:
+        return None, None
+    if value.isdigit():
+        number = int(value)
+        if number < 1:
+            raise InvalidArgument(f"{field}: {value!r}: versions start at 1")
+        return number, None
+    return None, value
+
+
+def required(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{field}: required")
+    return value
+
+
+# --- ModelInfer --------------------------------------------------------------------
+
+
+def _naming(name: str, index: int) -> Naming:
+    where = f"inputs[{name!r}]"
+    return Naming(
+        tensor=where,
+        dtype=f"{where}.datatype",
+        raw=f"raw_input_contents[{index}]",
+        values=f"{where}.contents",
+        unset="",
+        types=DATATYPE_OF,
+    )
+
+
+def _check_parameters(params: Any, where: str, refused: Sequence[str]) -> None:
+    for key in refused:
+        if key in params:
+            raise InvalidArgument(f"{where}.parameters: {key!r} is not supported by this server")
+
+
+def _tensor(inp: Any, index: int, raw: bytes | None) -> TensorInput:
+    name = inp.name
+    where = f"inputs[{name!r}]"
+    _check_parameters(inp.parameters, where, _UNSUPPORTED_TENSOR_PARAMS)
+    if not inp.datatype:
+        raise InvalidArgument(f"{where}.datatype: required ({_SUPPORTED})")
+    dtype = DATATYPES.get(inp.datatype)
+    if dtype is None:
+        raise InvalidArgument(
+            f"{where}.datatype: {inp.datatype!r} is not supported (supported: {_SUPPORTED})"
+        )
+    shape = tuple(inp.shape)
+    naming = _naming(name, index)
+    if raw is not None:
+        return TensorInput(dtype, shape, raw=raw, naming=naming)
+    present = [f.name for f, _ in inp.contents.ListFields()]
+    if len(present) > 1 or (present and present[0] != CONTENTS_FIELDS[dtype]):
+        wrong = next(p for p in present if p != CONTENTS_FIELDS[dtype])
+        raise InvalidArgument(
+            f"{where}.contents.{wrong}: does not match datatype {inp.datatype}"
+            f" (use contents.{CONTENTS_FIELDS[dtype]} or raw_input_contents)"
+        )
+    values: Sequence[Any] = getattr(inp.contents, CONTENTS_FIELDS[dtype])
+    return TensorInput(dtype, shape, values=values, naming=naming)
+
+
+def query_from_infer(req: Any) -> tuple[PredictQuery, bool]:
+    """The ``PredictQuery`` of a ModelInferRequest and whether outputs go raw."""
+    name = required(req.model_name, "model_name")
+    version, alias = version_selector(req.model_version, "model_version")
+    if not req.inputs:
+        raise InvalidArgument("inputs: none given")
+    raw_contents = req.raw_input_contents
+    raw = len(raw_contents) > 0
+    if raw:
+        typed = next((i for i in req.inputs if i.contents.ListFields()), None)
+        if typed is not None:
+            raise InvalidArgument(
+                f"inputs[{typed.name!r}].contents: give either raw_input_contents or"
+                " contents, not both"
+            )
+        if len(raw_contents) != len(req.inputs):
+            raise InvalidArgument(
+                f"raw_input_contents: {len(raw_contents)} given for {len(req.inputs)} inputs;"
+                " give one per input, in the order of inputs"
+            )
+    tensors: dict[str, TensorInput] = {}
+    for i, inp in enumerate(req.inputs):
+        if not inp.name:
+            raise InvalidArgument(f"inputs[{i}].name: required")
+        if inp.name in tensors:
+            raise InvalidArgument(f"inputs[{i}].name: {inp.name!r} is given twice")
+        tensors[inp.name] = _tensor(inp, i, raw_contents[i] if raw else None)
+    names = []
+    for i, out in enumerate(req.outputs):
+        if not out.name:
+            raise InvalidArgument(f"outputs[{i}].name: required")
+        _check_parameters(out.parameters, f"outputs[{out.name!r}]", _UNSUPPORTED_OUTPUT_PARAMS)
+        names.append(out.name)
+    raw_out = raw
+    param = req.parameters.get("binary_data_output")
+    if param is not None:
+        if param.WhichOneof("parameter_choice") != "bool_param":
+            raise InvalidArgument("parameters['binary_data_output']: must be a bool_param")
+        raw_out = param.bool_param
+    query = PredictQuery(name, version, alias, TensorsInput(tensors), output_names=tuple(names))
+    return query, raw_out
+
+
+def _output_array(arr: np.ndarray) -> tuple[str, np.ndarray]:
+    """(element type, array in a served type) of an onnxruntime output."""
+    if arr.dtype == object or arr.dtype.kind in "US":
+        return "string", arr
+    kind = _NUMPY_TYPES.get(arr.dtype)
+    if kind is None:  # e.g. big-endian or unsigned: normalise to a served type
+        arr = arr.astype(np.float32 if arr.dtype.kind == "f" else np.int64)
+        kind = _NUMPY_TYPES[arr.dtype]
+    return kind, arr
+
+
+def infer_response(pred: Prediction, request_id: str, raw: bool) -> Any:
+    """The ModelInferResponse of a domain ``Prediction``."""
+    resp = ModelInferResponse(
+        model_name=pred.model_name, model_version=str(pred.version), id=request_id
+    )
+    for name, produced in pred.outputs.items():
+        kind, arr = _output_array(produced)
+        out = resp.outputs.add(name=name, datatype=DATATYPE_OF[kind], shape=arr.shape)
+        flat = arr.reshape(-1)
+        if kind == "string":
+            if raw:
+                resp.raw_output_contents.append(encode_strings(flat))
+            else:
+                out.contents.bytes_contents.extend(str(v).encode("utf-8") for v in flat)
+        elif raw:
+            resp.raw_output_contents.append(
+                arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+            )
+        else:
+            getattr(out.contents, CONTENTS_FIELDS[kind]).extend(flat.tolist())
+    return resp
+
+
+# --- metadata, repository, statistics ------------------------------------------------
+
+
+def _tensor_metadata(target: Any, spec: TensorSpec) -> None:
+    target.add(
+        name=spec.name, datatype=DATATYPE_OF.get(spec.dtype, spec.dtype.upper()), shape=spec.shape
+    )
+
+
+def server_metadata(version: str) -> Any:
+    """ServerMetadataResponse: name, version and the implemented extensions."""
+    return ServerMetadataResponse(name="highpeaks-ml", version=version, extensions=EXTENSIONS)
+
+
+def model_metadata(info: ModelInfo, meta: VersionMeta, outputs: Sequence[TensorSpec]) -> Any:
+    """ModelMetadataResponse of version ``meta`` of ``info`` with its served ``outputs``."""
+    resp = ModelMetadataResponse(
+        name=info.name,
+        versions=[str(v.version) for v in info.versions],
+        platform=PLATFORM,
+    )
+    for spec in meta.inputs:
+        _tensor_metadata(resp.inputs, spec)
+    for spec in outputs:
+        _tensor_metadata(resp.outputs, spec)
+    return resp
+
+
+def repository_index(states: Sequence[VersionState], ready_only: bool) -> Any:
+    """RepositoryIndexResponse: one entry per version, READY / LOADING / UNAVAILABLE."""
+    resp = RepositoryIndexResponse()
+    for s in states:
+        state, reason = REPOSITORY_STATES.get(s.state, ("UNAVAILABLE", s.state))
+        if ready_only and state != "READY":
+            continue
+        resp.models.add(
+            name=s.model_name, version=str(s.version), state=state, reason=s.error or reason
+        )
+    return resp
+
+
+def _duration(target: Any, d: Duration) -> None:
+    target.count = d.count
+    target.ns = d.ns
+
+
+def statistics(snapshots: Sequence[StatsSnapshot]) -> Any:
+    """ModelStatisticsResponse of the given versions."""
+    resp = ModelStatisticsResponse()
+    for snap in snapshots:
+        m = resp.model_stats.add(
+            name=snap.model_name,
+            version=str(snap.version),
+            last_inference=snap.last_inference_ms,
+            inference_count=snap.inference_count,
+            execution_count=snap.execution_count,
+        )
+        st = m.inference_stats
+        _duration(st.success, snap.success)
+        _duration(st.fail, snap.fail)
+        _duration(st.queue, snap.queue)
+        _duration(st.compute_infer, snap.compute)
+        for b in snap.batches:
+            batch = m.batch_stats.add(batch_size=b.batch_size)
+            _duration(batch.compute_infer, b.compute)
+    return resp
+
+
+def repository_name(value: str) -> None:
+    """The server has one repository: only the empty (default) name is valid."""
+    if value:
+        raise InvalidArgument(
+            f"repository_name: {value!r} is unknown; this server has one repository"
+            " (leave repository_name empty)"
+        )
+
+
+def check_repository_parameters(params: Any) -> None:
+    """Load/unload parameters are not supported (config overrides, model files),
+    except Triton's ``unload_dependents`` (no model here has dependents)."""
+    for key in params:
+        if key != "unload_dependents":
+            raise InvalidArgument(f"parameters: {key!r} is not supported by this server")
