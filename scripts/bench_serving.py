@@ -119,7 +119,7 @@ def _wait_serving(target: str, proc: subprocess.Popen[bytes], limit: float = 120
 class Server:
     """``highpeaks-ml serve`` as a subprocess on a free loopback port."""
 
-    def __init__(self, home: Path, *extra: str) -> None:
+    def __init__(self, home: Path, *extra: str, device: str = "cpu") -> None:
         self.port = _free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.log = open(home.parent / f"server-{self.port}.log", "wb")  # noqa: SIM115
@@ -136,7 +136,7 @@ class Server:
                 "--home",
                 str(home),
                 "--device",
-                "cpu",
+                device,
                 "--log-level",
                 "WARNING",
                 *extra,
@@ -145,7 +145,13 @@ class Server:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        _wait_serving(self.target, self.proc)
+        try:
+            _wait_serving(self.target, self.proc)
+        except BaseException:
+            self.proc.kill()  # still starting after the limit: do not leave it behind
+            self.proc.wait()
+            self.log.close()
+            raise
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -177,11 +183,23 @@ class Echo:
         self.proc.wait(20)
 
 
+def _export(model: Any, n_features: int) -> bytes:
+    """A fitted classifier as ONNX bytes: one float32 "input" [-1, n_features], no ZipMap."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    onx = convert_sklearn(
+        model,
+        initial_types=[("input", FloatTensorType([None, n_features]))],
+        options={id(model): {"zipmap": False}},
+        target_opset=17,
+    )
+    return bytes(onx.SerializeToString())
+
+
 def _models() -> dict[str, tuple[bytes, np.ndarray, Any]]:
     """name -> (onnx bytes, data, in-process session)."""
     import onnxruntime as ort
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType
     from sklearn.datasets import make_classification
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
@@ -200,13 +218,7 @@ def _models() -> dict[str, tuple[bytes, np.ndarray, Any]]:
         ("bench-forest", RandomForestClassifier(n_estimators=50, max_depth=8, random_state=0)),
     ):
         model.fit(X, y)
-        onx = convert_sklearn(
-            model,
-            initial_types=[("input", FloatTensorType([None, N_FEATURES]))],
-            options={id(model): {"zipmap": False}},
-            target_opset=17,
-        )
-        data = onx.SerializeToString()
+        data = _export(model, N_FEATURES)
         # The server's own session options (threads = usable cores, no
         # spinning), so the ratio measures what serving adds, and the
         # baseline's idle threads do not spin on the cores the server needs.
@@ -259,8 +271,15 @@ def _unary(target: str, method: str) -> tuple[Any, Any]:
     return ch, call
 
 
-async def _rate(target: str, method: str, payload: bytes, seconds: float, stream: bool) -> float:
-    """Requests/s with CONCURRENCY callers (unary calls, or ping-pong streams)."""
+async def _rate(
+    target: str,
+    method: str,
+    payload: bytes,
+    seconds: float,
+    stream: bool,
+    concurrency: int = CONCURRENCY,
+) -> float:
+    """Requests/s with ``concurrency`` callers (unary calls, or ping-pong streams)."""
     from grpc import aio
 
     async with aio.insecure_channel(target) as ch:
@@ -287,7 +306,7 @@ async def _rate(target: str, method: str, payload: bytes, seconds: float, stream
         worker = stream_worker if stream else unary_worker
         # Warm-up, then count.
         stop = False
-        tasks = [asyncio.ensure_future(worker()) for _ in range(CONCURRENCY)]
+        tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
         await asyncio.sleep(min(0.5, seconds / 4))
         start_done, t0 = done, time.perf_counter()
         await asyncio.sleep(seconds)
