@@ -12,6 +12,7 @@ grpcurl's JSON.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import highpeaks_ml
 from highpeaks_ml.client import Client
 from highpeaks_ml.registry.local import LocalModelStore
-from tests.conftest import ServerProcess
+from tests.conftest import ROOT, ServerProcess
 from tests.support import security as sec
 from tests.support import serving_models as sm
 
@@ -509,6 +510,22 @@ def test_grpcurl_lists_the_service_and_infers_with_json(server):
     assert label["name"] == "label" and label["datatype"] == "INT64"
     got = [int(v) for v in label["contents"]["int64Contents"]]
     assert got == exp.estimator.predict(exp.X[:2]).tolist()
+
+
+def test_the_documented_snippet_runs(server, capsys):
+    """docs/oip.md's tritonclient example (the README's) works as written."""
+    text = (ROOT / "docs" / "oip.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, flags=re.S).group(1)
+    assert '"127.0.0.1:50051"' in code
+    code = code.replace('"127.0.0.1:50051"', repr(server.target))
+    exec(compile(code, "docs/oip.md", "exec"), {})  # our own documentation
+    out = capsys.readouterr().out
+    assert "iris 1 READY" in out and "broken 1 UNAVAILABLE" in out
+    assert "('input', 'FP32', [-1, 4])" in out
+    expected = sm.iris_logreg().estimator.predict(
+        np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+    )
+    assert out.rstrip().endswith(str(expected.tolist()))
 
 
 # --- batching, statistics across both front doors --------------------------------------
