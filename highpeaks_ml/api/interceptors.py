@@ -234,6 +234,108 @@ def _wrap_stream(
     return _wrap_unary_response(behavior, method, metadata, owner)
 
 
+class Malformed:
+    """Stands for a request message that did not parse (see ``MalformedRequestInterceptor``)."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def error(self) -> errors.InvalidArgument:
+        return errors.InvalidArgument(
+            f"malformed request: the bytes are not a valid {self.type_name} message"
+        )
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer`` that returns a ``Malformed`` instead of raising."""
+    if deserializer is None:
+        return None
+    owner = getattr(deserializer, "__self__", None)  # SomeRequest.FromString
+    type_name = getattr(owner, "__name__", "request")
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return Malformed(type_name)
+
+    return deserialize
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, Malformed):
+            raise request.error()
+        yield request
+
+
+def _guard(behavior: Callable[..., Any], streaming_request: bool) -> Callable[..., Any]:
+    """``behavior`` of the same kind (coroutine or async generator) that raises
+    InvalidArgument for a ``Malformed`` request instead of handing it over."""
+
+    def checked(request: Any) -> Any:
+        if streaming_request:
+            return _checked(request)
+        if isinstance(request, Malformed):
+            raise request.error()
+        return request
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def gen(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            async for item in behavior(checked(request), context):
+                yield item
+
+        return gen
+
+    async def unary(request: Any, context: aio.ServicerContext) -> Any:
+        result = behavior(checked(request), context)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    return unary
+
+
+class MalformedRequestInterceptor(aio.ServerInterceptor):
+    """Turns request bytes that do not parse into INVALID_ARGUMENT.
+
+    grpc deserialises a request before any handler runs and answers a
+    failure itself: UNKNOWN ("Unexpected <class 'DecodeError'>: ...") for a
+    unary request, and inside a request stream the servicer's ``async for``
+    raises DecodeError (INTERNAL once mapped). Bad input is neither. This
+    interceptor must be the innermost one: its deserializer never raises but
+    returns a ``Malformed`` marker, and its handler raises
+    ``errors.InvalidArgument`` for it, after the outer interceptors have
+    authenticated the caller and while the error mapping is in place.
+    Request streams are checked as the servicer iterates them (handlers that
+    read with ``context.read()`` would see the marker; none does).
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        kw = {
+            "request_deserializer": _tolerant(handler.request_deserializer),
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(_guard(handler.unary_unary, False), **kw)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(_guard(handler.stream_unary, True), **kw)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(_guard(handler.unary_stream, False), **kw)
+        assert handler.stream_stream is not None
+        return grpc.stream_stream_rpc_method_handler(_guard(handler.stream_stream, True), **kw)
+
+
 class ErrorMappingInterceptor(aio.ServerInterceptor):
     """Wraps every method handler with request ids, logging, metrics and error mapping.
 

@@ -26,7 +26,11 @@ from highpeaks_ml import metrics as metrics_mod
 from highpeaks_ml.api import oip_messages
 from highpeaks_ml.api.auth import build_auth_interceptor
 from highpeaks_ml.api.context import ANONYMOUS, NO_SUBJECT
-from highpeaks_ml.api.interceptors import ErrorMappingInterceptor, Lifecycle
+from highpeaks_ml.api.interceptors import (
+    ErrorMappingInterceptor,
+    Lifecycle,
+    MalformedRequestInterceptor,
+)
 from highpeaks_ml.config import AuthMode, ConfigError, Settings
 from highpeaks_ml.v1 import predict_pb2, registry_pb2, train_pb2
 
@@ -295,6 +299,8 @@ async def create_server(settings: Settings) -> tuple[Server, int]:
     ]
     if auth_interceptor is not None:
         interceptors.append(auth_interceptor)
+    # Innermost: unparsable request bytes become INVALID_ARGUMENT, not UNKNOWN.
+    interceptors.append(MalformedRequestInterceptor())
     grpc_server = aio.server(
         interceptors=interceptors,
         options=options,
@@ -366,7 +372,10 @@ def _health_only_server(
     nothing else (no reflection, no services, tiny messages).
     """
     server = aio.server(
-        interceptors=[ErrorMappingInterceptor(metrics, None, NO_SUBJECT)],
+        interceptors=[
+            ErrorMappingInterceptor(metrics, None, NO_SUBJECT),
+            MalformedRequestInterceptor(),
+        ],
         options=[
             ("grpc.max_receive_message_length", 4096),
             ("grpc.so_reuseport", 0),
