@@ -62,8 +62,35 @@ def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
     return s
 
 
-def _from_struct(s: struct_pb2.Struct) -> dict[str, Any]:
-    return dict(json_format.MessageToDict(s))
+def _from_struct(s: struct_pb2.Struct, where: str) -> dict[str, Any]:
+    try:
+        return dict(json_format.MessageToDict(s))
+    except ValueError:
+        # NaN and infinity have no JSON form (json_format raises): bad input,
+        # named by its path, not an internal error.
+        path = f"{where}{_non_finite(s) or ''}"[:200]
+        raise InvalidArgument(
+            f"{path}: not a finite number; NaN and infinity are refused"
+        ) from None
+
+
+def _non_finite(value: Any) -> str | None:
+    """Path (".key", "[i]") of the first NaN/infinite number inside a Struct or Value."""
+    if isinstance(value, struct_pb2.Struct):
+        for key, item in value.fields.items():
+            if (path := _non_finite(item)) is not None:
+                return f".{key}{path}"
+        return None
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return None if math.isfinite(value.number_value) else ""
+    if kind == "struct_value":
+        return _non_finite(value.struct_value)
+    if kind == "list_value":
+        for i, item in enumerate(value.list_value.values):
+            if (path := _non_finite(item)) is not None:
+                return f"[{i}]{path}"
+    return None
 
 
 # --- datasets --------------------------------------------------------------------
@@ -152,7 +179,7 @@ def _dataset_from_proto(ref: train_pb2.DatasetRef) -> DatasetSource:
         name = ref.builtin
         return DatasetSource("builtin", name.removeprefix(BUILTIN_PREFIX))
     if which == "inline":
-        rows = [_from_struct(r) for r in ref.inline.rows]
+        rows = [_from_struct(r, f"dataset.inline.rows[{i}]") for i, r in enumerate(ref.inline.rows)]
         return DatasetSource("inline", rows=rows, row_count=len(rows))
     raise InvalidArgument("dataset: give a dataset_id, a builtin name or inline rows")
 
@@ -165,7 +192,7 @@ def train_request_from_proto(req: train_pb2.StartTrainingRequest) -> TrainReques
         model_name=req.model_name,
         algorithm=req.algorithm,
         dataset=_dataset_from_proto(req.dataset),
-        hyperparameters=_from_struct(req.hyperparameters),
+        hyperparameters=_from_struct(req.hyperparameters, "hyperparameters"),
         target_column=req.target_column,
         task=task_from_proto(req.task),
         test_size=req.test_size,
