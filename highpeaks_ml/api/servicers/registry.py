@@ -11,12 +11,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from grpc import aio
 
 from highpeaks_ml.api.context import ANONYMOUS, NO_SUBJECT, current_subject
 from highpeaks_ml.api.converters import registry as conv
+from highpeaks_ml.api.servicers._threads import acquire_in_thread, release_in_thread
 from highpeaks_ml.errors import InvalidArgument
 from highpeaks_ml.registry.base import ModelInfo, ModelStore, VersionMeta
 from highpeaks_ml.registry.importer import ImportInfo, Upload, import_file
@@ -132,8 +134,9 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServiceServicer):
                         conv.import_info_from_proto(request.info).validated(),
                         created_by=_creator(),
                     )
-                    upload = await asyncio.to_thread(
-                        Upload, self.store, self.app.settings.max_model_bytes
+                    upload = await acquire_in_thread(
+                        partial(Upload, self.store, self.app.settings.max_model_bytes),
+                        Upload.discard,
                     )
                 elif part == "chunk":
                     if upload is None:
@@ -151,7 +154,7 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServiceServicer):
             )
         finally:
             if upload is not None:
-                await asyncio.to_thread(upload.discard)
+                await release_in_thread(upload.discard)
         info_after = await asyncio.to_thread(self.store.get_model, meta.model_name)
         return self._version(meta, info_after)
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator
+from functools import partial
 from typing import TYPE_CHECKING
 
 from grpc import aio
 
 from highpeaks_ml.api.context import ANONYMOUS, NO_SUBJECT, current_subject
 from highpeaks_ml.api.converters import training as conv
+from highpeaks_ml.api.servicers._threads import acquire_in_thread, release_in_thread
 from highpeaks_ml.errors import InvalidArgument
 from highpeaks_ml.training.catalogue import algorithms
 from highpeaks_ml.training.datasets import DatasetStore
@@ -59,8 +61,9 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         if first is None or first.WhichOneof("part") != "info":
             raise InvalidArgument("the first UploadDataset message must carry info")
         kwargs = conv.upload_info_from_proto(first.info)
-        upload = await asyncio.to_thread(
-            self.datasets.begin_upload, **kwargs, created_by=_creator()
+        upload = await acquire_in_thread(
+            partial(self.datasets.begin_upload, **kwargs, created_by=_creator()),
+            lambda u: u.discard(),
         )
         try:
             async for message in stream:
@@ -69,7 +72,7 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
                 await asyncio.to_thread(upload.write, message.chunk)
             info = await asyncio.to_thread(upload.finish)
         finally:
-            await asyncio.to_thread(upload.discard)
+            await release_in_thread(upload.discard)
         return conv.dataset_to_proto(info)
 
     async def GetDataset(
