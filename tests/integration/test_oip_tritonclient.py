@@ -332,7 +332,7 @@ def test_bytes_inputs_of_a_mixed_model_binary_and_typed(client, stub):
 # --- errors -------------------------------------------------------------------------------
 
 
-def test_error_statuses(client, stub):
+def test_error_statuses(server, client, stub):
     X = sm.iris_logreg().X[:2]
     good = [infer_input("input", X, "FP32")]
     assert "model 'nope' not found" in raises(NOT_FOUND, client.infer, "nope", good)
@@ -379,6 +379,12 @@ def test_error_statuses(client, stub):
         stub.ModelInfer(req, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "contents.fp64_contents: does not match datatype FP32" in err.value.details()
+
+    # bytes that are not a ModelInferRequest at all
+    with grpc.insecure_channel(server.target) as ch, pytest.raises(grpc.RpcError) as err:
+        ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")(b"\xff\xff", timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid ModelInferRequest" in err.value.details()
 
 
 # --- repository and statistics -----------------------------------------------------
