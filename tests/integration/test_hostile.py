@@ -35,6 +35,7 @@ import pytest
 from google.protobuf import descriptor_pb2, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from highpeaks_ml.api.auth import ADMIN, PREDICT, TRAIN
 from highpeaks_ml.registry.local import LocalModelStore
@@ -609,6 +610,108 @@ def test_malformed_message_in_the_middle_of_streams(srv):
             code, details = call_raw(srv.stubs.channel, method, METHODS[method], [*first, garbage])
         assert code == INVALID and "malformed request" in details, (method, code, details)
         assert_serves(srv.stubs)
+
+
+# --- the Open Inference Protocol ---------------------------------------------------------
+
+
+def _infer(
+    name: str = "iris",
+    version: str = "1",
+    datatype: str = "FP32",
+    shape: tuple[int, ...] = (1, 4),
+    raw: bytes | None = None,
+    typed: list[float] | None = None,
+    input_name: str = "input",
+    outputs: tuple[str, ...] = (),
+) -> Any:
+    req = service_pb2.ModelInferRequest(model_name=name, model_version=version)
+    tensor = req.inputs.add(name=input_name, datatype=datatype, shape=list(shape))
+    if typed is not None:
+        tensor.contents.fp32_contents.extend(typed)
+    if raw is not None:
+        req.raw_input_contents.append(raw)
+    for o in outputs:
+        req.outputs.add(name=o)
+    return req
+
+
+def _twice() -> Any:
+    req = _infer(typed=[1.0] * 4)
+    req.inputs.add(name="input", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend(
+        [1.0] * 4
+    )
+    return req
+
+
+FOUR = [1.0] * 4
+OIP_BAD: dict[str, tuple[Any, grpc.StatusCode]] = {
+    "raw fewer bytes": (_infer(shape=(2, 4), raw=b"\0" * 31), INVALID),
+    "raw more bytes": (_infer(shape=(2, 4), raw=b"\0" * 33), INVALID),
+    "typed fewer values": (_infer(shape=(2, 4), typed=[1.0] * 7), INVALID),
+    "typed more values": (_infer(shape=(1, 4), typed=[1.0] * 5), INVALID),
+    "negative dimension": (_infer(shape=(-1, 4), raw=b""), INVALID),
+    "2^31 x 2^31": (_infer(shape=(BIG, BIG), raw=b"\0" * 16), INVALID),
+    "int64 product overflows": (_infer(shape=(2**62, 2**62), raw=b"\0" * 16), INVALID),
+    "rows over the limit": (
+        _infer(shape=(MAX_ROWS + 1, 4), raw=b"\0" * 16 * (MAX_ROWS + 1)),
+        INVALID,
+    ),
+    "BYTES to a numeric input": (
+        _infer(datatype="BYTES", raw=struct.pack("<I", 1) + b"1"),
+        INVALID,
+    ),
+    "unsupported datatype": (_infer(datatype="FP16", raw=b"\0" * 8), INVALID),
+    "NaN": (_infer(typed=[1.0, NAN, 1.0, 1.0]), INVALID),
+    "infinity raw": (_infer(raw=_f32(1, 1, INF, 1)), INVALID),
+    "unknown input": (_infer(input_name="x", typed=FOUR), INVALID),
+    "input given twice": (_twice(), INVALID),
+    "raw and typed": (_infer(typed=FOUR, raw=b"\0" * 16), INVALID),
+    "unknown output": (_infer(typed=FOUR, outputs=("nope",)), INVALID),
+    "no inputs": (service_pb2.ModelInferRequest(model_name="iris"), INVALID),
+    "path-like model": (_infer(name="../x", typed=FOUR), INVALID),
+    "NUL in the model name": (_infer(name="a\x00b", typed=FOUR), INVALID),
+    "1 KB model name": (_infer(name="x" * 1024, typed=FOUR), INVALID),
+    "path-like version (an alias)": (_infer(version="../x", typed=FOUR), INVALID),
+    "version 0": (_infer(version="0", typed=FOUR), INVALID),
+    "unknown model": (_infer(name="nope", typed=FOUR), NOT_FOUND),
+    "unknown version": (_infer(version="99", typed=FOUR), NOT_FOUND),
+    "30-digit version": (_infer(version="9" * 30, typed=FOUR), NOT_FOUND),
+    "unknown alias": (_infer(version="staging", typed=FOUR), NOT_FOUND),
+    "tampered version": (_infer(name="broken", typed=FOUR), Code.UNAVAILABLE),
+}
+
+
+@pytest.mark.parametrize("case", list(OIP_BAD))
+def test_oip_model_infer_hostile_inputs(srv, case):
+    """inference.GRPCInferenceService/ModelInfer (tritonclient's messages): the same
+    validation as the native API, under the protocol's names (docs/oip.md)."""
+    req, code = OIP_BAD[case]
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(srv.stubs.channel)
+    srv.refused(lambda s: stub.ModelInfer(req, timeout=30), code)
+
+
+def test_oip_repository_calls_with_hostile_names(srv):
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(srv.stubs.channel)
+    for name in NAMES.values():
+        for call in (
+            lambda n=name: stub.RepositoryModelLoad(
+                service_pb2.RepositoryModelLoadRequest(model_name=n)
+            ),
+            lambda n=name: stub.RepositoryModelUnload(
+                service_pb2.RepositoryModelUnloadRequest(model_name=n)
+            ),
+            lambda n=name: stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=n)),
+            lambda n=name: stub.ModelStatistics(service_pb2.ModelStatisticsRequest(name=n)),
+        ):
+            srv.refused(lambda s, call=call: call(), INVALID, "name")
+    srv.refused(
+        lambda s: stub.RepositoryModelLoad(
+            service_pb2.RepositoryModelLoadRequest(model_name="iris", repository_name="../x")
+        ),
+        INVALID,
+        "repository_name",
+    )
 
 
 # --- unknown things -----------------------------------------------------------------------
