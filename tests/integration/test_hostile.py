@@ -260,7 +260,7 @@ VERSION_OPS: dict[str, Callable[[Stubs, int], Any]] = {
 
 
 @pytest.mark.parametrize("op", sorted(VERSION_OPS))
-def test_hostileversions_of(srv, op):
+def test_hostile_versions(srv, op):
     # Versions are uint32 on the wire: 0 is refused, the largest value is unknown.
     srv.refused(lambda s: VERSION_OPS[op](s, 0), INVALID, "version")
     srv.refused(lambda s: VERSION_OPS[op](s, 2**32 - 1), NOT_FOUND, "4294967295")
