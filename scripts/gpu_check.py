@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """GPU check: serve on the CUDA execution provider end to end and measure it against the CPU.
 
-    python scripts/gpu_check.py --device cuda --out DIR      # a machine with an NVIDIA GPU
-    python scripts/gpu_check.py --device cpu --out DIR       # the same, CPU only (~4 min, 2 cores)
+    python scripts/gpu_check.py --device cuda --out DIR   # a machine with an NVIDIA GPU
+    python scripts/gpu_check.py --device cpu --out DIR    # CPU only (1.5-3.5 min on 2 cores)
     python scripts/gpu_check.py --device cpu --tiny --out DIR  # CI size (~15 s)
-    sh scripts/gpu_check.sh                                  # the device tool (docs/gpu.md)
-    python scripts/gpu_check.py --prepare-carry .whl/dl --into .whl   # split wheels into calls
+    sh scripts/gpu_check.sh                               # on the device tool (docs/gpu.md)
+    python scripts/gpu_check.py --prepare-carry .whl/dl --into .whl --xz  # wheels -> calls
 
 One run, bounded by ``--budget-s`` (default 330 s, installation included, so
 it ends within 6 minutes):
@@ -34,7 +34,8 @@ it ends within 6 minutes):
    requests merged by dynamic batching.
 3. Speed. Rows/s for batch sizes 1, 256, 8,192 and 65,536 (one caller,
    unary, batching off), next to onnxruntime in this process with the
-   server's session options on the same provider; and rows/s with 32
+   server's session options on the same provider (the two take turns call by
+   call, so drift hits both alike); and rows/s with 32
    concurrent batch-1 unary callers with dynamic batching off, on with delay
    0 (opportunistic) and on with a 1,000 us delay. CUDA and CPU run the same
    code, models, requests and client, one server at a time (never two
@@ -78,6 +79,17 @@ T0_ENV = "HIGHPEAKS_GPU_CHECK_T0"
 CALL_LIMIT = 64 << 20
 MIB = 1 << 20
 _MANIFEST_ROOM = 4096
+XZ_SUFFIX = ".tar.xz"
+#: Offline, exactly the given files, nothing compiled or cached.
+_PIP_INSTALL = (
+    "install",
+    "-q",
+    "--upgrade",
+    "--no-index",
+    "--no-deps",
+    "--no-compile",
+    "--no-cache-dir",
+)
 
 log = logging.getLogger("gpu_check")
 
@@ -97,8 +109,7 @@ class Plan:
     batch_sizes: tuple[int, ...]
     clients: int
     delays_us: tuple[int, ...]
-    unary_s: float  # measurement window per (model, batch size), served
-    inproc_s: float  # the same, in-process onnxruntime
+    unary_s: float  # measurement window per (model, batch size): served and in-process in turns
     rate_s: float  # measurement window per concurrency case
     min_calls: int
     batched_rows: int  # concurrent batch-1 requests checked against the reference
@@ -116,8 +127,7 @@ FULL = Plan(
     batch_sizes=(1, 256, 8_192, 65_536),
     clients=32,
     delays_us=(0, 1000),
-    unary_s=1.5,
-    inproc_s=0.75,
+    unary_s=2.0,
     rate_s=3.0,
     min_calls=3,
     batched_rows=128,
@@ -134,8 +144,7 @@ TINY = Plan(
     batch_sizes=(1, 16, 256, 1024),
     clients=4,
     delays_us=(0,),
-    unary_s=0.1,
-    inproc_s=0.05,
+    unary_s=0.15,
     rate_s=0.3,
     min_calls=2,
     batched_rows=16,
@@ -183,8 +192,25 @@ def _tree_bytes() -> int:
     return total
 
 
+def _repack_xz(wheel: Path, target: Path) -> None:
+    """The files of ``wheel`` as an xz-compressed tar: onnxruntime-gpu's CUDA library
+    shrinks far more under LZMA than under the wheel's deflate (256 MB -> 204 MB)."""
+    import tarfile
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as zf, tarfile.open(target, "w:xz", preset=6) as tf:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            entry = tarfile.TarInfo(info.filename)
+            entry.size = info.file_size
+            entry.mode = (info.external_attr >> 16) & 0o777 or 0o644
+            with zf.open(info) as f:
+                tf.addfile(entry, f)
+
+
 def prepare_carry(
-    src: Path, into: Path, capacity: int | None = None, margin: int = 4 * MIB
+    src: Path, into: Path, capacity: int | None = None, margin: int = 4 * MIB, xz: bool = False
 ) -> list[list[str]]:
     """Lay the wheels of ``src`` out as ``into/1``, ``into/2``, ...: one folder per device call.
 
@@ -192,8 +218,10 @@ def prepare_carry(
     carry beside the working tree, CALL_LIMIT, less ``margin`` for files added
     to the tree before the call). A larger wheel is cut into parts, with a
     ``<wheel>.manifest.json`` (size, sha256, part names) that travels in
-    every folder, so the device side can tell what is still missing. Returns
-    the file names per call.
+    every folder, so the device side can tell what is still missing; with
+    ``xz`` it is first repacked as ``<wheel>.tar.xz`` (fewer calls; the device
+    side unpacks it into the site folder instead of running pip on it).
+    Returns the file names per call.
     """
     if capacity is None:
         capacity = CALL_LIMIT - _tree_bytes() - margin
@@ -207,26 +235,38 @@ def prepare_carry(
     staging = Path(tempfile.mkdtemp(prefix="hp-carry-", dir=into))
     manifests: list[Path] = []
     items: list[Path] = []
+    part_size = capacity - _MANIFEST_ROOM  # the manifests travel beside each part
     for wheel in wheels:
-        size = wheel.stat().st_size
-        part_size = capacity - _MANIFEST_ROOM  # the manifests travel beside each part
-        if size <= part_size:
+        if wheel.stat().st_size <= part_size:
             items.append(wheel)
             continue
+        packed = wheel
+        if xz:
+            packed = staging / f"{wheel.name}{XZ_SUFFIX}"
+            _repack_xz(wheel, packed)
+        size = packed.stat().st_size
         parts = []
-        with open(wheel, "rb") as f:
+        with open(packed, "rb") as f:
             for i in range(0, size, part_size):
-                part = staging / f"{wheel.name}.part-{i // part_size:02d}"
+                part = staging / f"{packed.name}.part-{i // part_size:02d}"
                 part.write_bytes(f.read(part_size))
                 parts.append(part.name)
                 items.append(part)
         manifest = staging / f"{wheel.name}.manifest.json"
         manifest.write_text(
             json.dumps(
-                {"wheel": wheel.name, "size": size, "sha256": _sha256(wheel), "parts": parts}
+                {
+                    "wheel": wheel.name,
+                    "file": packed.name,
+                    "size": size,
+                    "sha256": _sha256(packed),
+                    "parts": parts,
+                }
             )
         )
         manifests.append(manifest)
+        if packed != wheel:
+            packed.unlink()
     room = capacity - sum(m.stat().st_size for m in manifests)
     calls: list[list[Path]] = []
     loads: list[int] = []
@@ -256,12 +296,13 @@ def prepare_carry(
 
 
 def _join_parts(stash: Path, joined: Path) -> tuple[list[Path], list[str]]:
-    """Wheels ready to install from ``stash`` (parts joined into ``joined``), and what's missing."""
-    ready = sorted(stash.glob("*.whl"))
+    """Wheels (and repacked ``.whl.tar.xz``) ready in ``stash``, parts joined into ``joined``,
+    and what is still missing."""
+    ready = sorted([*stash.glob("*.whl"), *stash.glob(f"*.whl{XZ_SUFFIX}")])
     missing: list[str] = []
     for manifest_path in sorted(stash.glob("*.manifest.json")):
         manifest = json.loads(manifest_path.read_text())
-        wheel = joined / manifest["wheel"]
+        wheel = joined / manifest.get("file", manifest["wheel"])
         absent = [p for p in manifest["parts"] if not (stash / p).is_file()]
         if absent:
             have = len(manifest["parts"]) - len(absent)
@@ -282,6 +323,17 @@ def _join_parts(stash: Path, joined: Path) -> tuple[list[Path], list[str]]:
             continue
         ready.append(wheel)
     return ready, missing
+
+
+def unpack_xz(archive: Path, site: Path) -> None:
+    """Install a repacked wheel: its files straight into ``site`` (as pip --target would)."""
+    import tarfile
+
+    with tarfile.open(archive, "r:xz") as tf:
+        if hasattr(tarfile, "data_filter"):
+            tf.extractall(site, filter="data")
+        else:  # pragma: no cover - Python < 3.11.4
+            tf.extractall(site)  # our own archive, checked by its sha256
 
 
 def _nvidia_dirs() -> list[Path]:
@@ -313,16 +365,18 @@ def install_and_reexec(args: argparse.Namespace, out: Path) -> int:
     elif ready:
         log.info("installing %d wheels into %s", len(ready), site)
         t = time.monotonic()
+        wheels = [str(w) for w in ready if w.name.endswith(".whl")]
         pip = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
-            + ["--no-compile", "--no-cache-dir", "--upgrade", "--target", str(site)]
-            + [str(w) for w in ready],
+            [sys.executable, "-m", "pip", *_PIP_INSTALL, "--target", str(site), *wheels],
             capture_output=True,
             text=True,
         )
         if pip.returncode != 0:
             log.error("pip install failed:\n%s%s", pip.stdout, pip.stderr)
             return 1
+        for archive in ready:
+            if archive.name.endswith(XZ_SUFFIX):
+                unpack_xz(archive, site)
         stamp.write_text(wanted)
         log.info("installed in %.1f s: %s", time.monotonic() - t, " ".join(w.name for w in ready))
     env = dict(os.environ)  # carries T0_ENV: the budget counts the installation too
@@ -610,20 +664,24 @@ def placement(model: Model, device: str) -> dict[str, Any]:
 # --- measurements ----------------------------------------------------------------
 
 
-def _timed(call: Any, window: float, min_calls: int, left: float) -> list[float]:
-    """Latencies of ``call()`` over ``window`` seconds (at least ``min_calls``), after a warm-up.
+def _timed(calls: list[Any], window: float, min_rounds: int, left: float) -> list[list[float]]:
+    """Latencies of each of ``calls``, taking turns, over ``window`` seconds, after a warm-up.
 
-    Stops after one timed call once ``left`` seconds (the time budget) have passed.
+    Taking turns (served, then in-process, then served ...) makes drift on a
+    shared machine hit both alike. At least ``min_rounds`` rounds; stops after
+    one round once ``left`` seconds (the time budget) have passed.
     """
-    start = time.perf_counter()
-    call()
-    out: list[float] = []
-    end, hard = time.perf_counter() + window, start + left
-    while len(out) < min_calls or time.perf_counter() < end:
-        t = time.perf_counter()
+    hard = time.perf_counter() + left
+    for call in calls:
         call()
-        out.append(time.perf_counter() - t)
-        if t > hard:
+    out: list[list[float]] = [[] for _ in calls]
+    end = time.perf_counter() + window
+    while len(out[0]) < min_rounds or time.perf_counter() < end:
+        for call, lat in zip(calls, out, strict=True):
+            t = time.perf_counter()
+            call()
+            lat.append(time.perf_counter() - t)
+        if time.perf_counter() > hard:
             break
     return out
 
@@ -924,6 +982,7 @@ class Run:
         until: float | None,
     ) -> None:
         """Rows/s of one caller per batch size, served and in-process, on ``device``."""
+        import numpy as np
         from bench_serving import PREDICT, _unary
 
         plan = self.plan
@@ -939,8 +998,12 @@ class Run:
                     if self.skip(f"{device} unary {m.name} batch {b}", until, 2 * plan.unary_s + 2):
                         continue
                     req = requests[m.name][b]
-                    served = _timed(
-                        lambda r=req: call(r), plan.unary_s, plan.min_calls, self.budget.left(until)
+                    calls = [lambda r=req: call(r)]
+                    if sess is not None:
+                        x = np.resize(m.X, (b, plan.features)).astype(np.float32)
+                        calls.append(lambda x=x, s=sess: s.run(None, {"input": x}))
+                    served, *local = _timed(
+                        calls, plan.unary_s, plan.min_calls, self.budget.left(until)
                     )
                     row: dict[str, Any] = {
                         "device": device,
@@ -951,17 +1014,8 @@ class Run:
                         "rows_per_s": round(b / _median(served), 1),
                         "request_bytes": len(req),
                     }
-                    if sess is not None:
-                        import numpy as np
-
-                        x = np.resize(m.X, (b, plan.features)).astype(np.float32)
-                        local = _timed(
-                            lambda x=x, s=sess: s.run(None, {"input": x}),
-                            plan.inproc_s,
-                            plan.min_calls,
-                            self.budget.left(until),
-                        )
-                        row["inprocess_rows_per_s"] = round(b / _median(local), 1)
+                    if local:
+                        row["inprocess_rows_per_s"] = round(b / _median(local[0]), 1)
                         row["served_share_of_inprocess"] = round(
                             row["rows_per_s"] / row["inprocess_rows_per_s"], 3
                         )
@@ -1213,6 +1267,11 @@ def _parser() -> argparse.ArgumentParser:
         help="(here) split the wheels of SRC into per-call folders under --into",
     )
     p.add_argument("--into", default=".whl", help="with --prepare-carry (default .whl)")
+    p.add_argument(
+        "--xz",
+        action="store_true",
+        help="with --prepare-carry: repack split wheels as .tar.xz first (fewer calls)",
+    )
     return p
 
 
@@ -1228,7 +1287,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault(T0_ENV, str(time.time()))
     if args.prepare_carry:
-        plan = prepare_carry(Path(args.prepare_carry), Path(args.into))
+        plan = prepare_carry(Path(args.prepare_carry), Path(args.into), xz=args.xz)
         for i, files in enumerate(plan, start=1):
             size = sum((Path(args.into) / str(i) / f).stat().st_size for f in files) / MIB
             print(f"call {i}: carry {args.into}/{i} ({size:.1f} MiB): {' '.join(files)}")

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -199,6 +201,36 @@ def test_missing_parts_stop_the_run_before_anything_is_installed(tmp_path: Path)
     assert proc.returncode == gc.EXIT_WAITING, proc.stderr
     assert "waiting for wheel parts: big-1.0-py3-none-any.whl" in (out / "log").read_text()
     assert not site.exists()
+
+
+def test_a_wheel_repacked_as_xz_unpacks_to_its_files(tmp_path: Path) -> None:
+    gc = _module()
+    (tmp_path / "dl").mkdir()
+    wheel = tmp_path / "dl" / "pkg-1.0-py3-none-any.whl"
+    files = {
+        "pkg/__init__.py": b"VALUE = 1\n" * 400,  # compresses: xz wins over deflate
+        "pkg/lib.so": os.urandom(30_000),  # does not: the archive still needs parts
+        "pkg-1.0.dist-info/METADATA": b"Name: pkg\nVersion: 1.0\n",
+    }
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    plan = gc.prepare_carry(tmp_path / "dl", tmp_path / ".whl", capacity=12_000, xz=True)
+    names = {n for call in plan for n in call}
+    assert "pkg-1.0-py3-none-any.whl.tar.xz.part-00" in names
+    assert not any(n.endswith(".whl.part-00") for n in names)
+    stash = tmp_path / "stash"
+    stash.mkdir()
+    for f in (tmp_path / ".whl").glob("*/*"):
+        (stash / f.name).write_bytes(f.read_bytes())
+    ready, missing = gc._join_parts(stash, stash / "joined")
+    assert missing == []
+    assert [p.name for p in ready] == ["pkg-1.0-py3-none-any.whl.tar.xz"]
+    site = tmp_path / "site"
+    gc.unpack_xz(ready[0], site)
+    assert {str(p.relative_to(site)): p.read_bytes() for p in site.rglob("*") if p.is_file()} == (
+        files
+    )
 
 
 def test_the_wheel_list_matches_the_pinned_constraints() -> None:
