@@ -415,7 +415,14 @@ def _forward(args: argparse.Namespace, out: Path) -> list[str]:
 
 
 def _nvidia_smi() -> dict[str, Any]:
-    exe = shutil.which("nvidia-smi")
+    exe = shutil.which("nvidia-smi") or next(
+        (
+            p
+            for p in ("/usr/local/nvidia/bin/nvidia-smi", "/usr/bin/nvidia-smi")
+            if Path(p).is_file()
+        ),
+        None,
+    )
     if exe is None:
         return {"error": "nvidia-smi not found"}
     try:
