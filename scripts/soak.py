@@ -204,6 +204,7 @@ class Record:
     intended: Counter[str] = field(default_factory=Counter)  # deliberate cancels, by what
     ops: Counter[str] = field(default_factory=Counter)  # control operations done
     jobs: Counter[str] = field(default_factory=Counter)  # training jobs by final state
+    job_errors: list[str] = field(default_factory=list)  # why jobs failed
     versions_seen: set[int] = field(default_factory=set)
     samples: list[dict[str, Any]] = field(default_factory=list)
 
@@ -324,6 +325,7 @@ def control_loop(
     rng = random.Random(7)
     next_train = time.monotonic() + min(train_every, 5.0)
     running: str | None = None
+    running_what = ""
     turn = 0
     while not stop.wait(alias_every):
         try:
@@ -331,6 +333,8 @@ def control_loop(
                 job = client.get_job(running)
                 if job.state in FINAL_JOB_STATES:
                     rec.jobs[train_pb2.JobState.Name(job.state)] += 1
+                    if job.error:
+                        rec.job_errors.append(f"{running_what}: {job.error[:300]}")
                     running = None
             if running is None and time.monotonic() >= next_train:
                 algo, params = ALGORITHMS[turn % len(ALGORITHMS)]
@@ -338,6 +342,7 @@ def control_loop(
                 running = client.start_training(
                     MODEL, algo, "builtin:iris", params, seed=turn, time_limit_s=120
                 ).id
+                running_what = f"{algo} {params} seed {turn}"
                 rec.ops["training started"] += 1
                 next_train = time.monotonic() + train_every
             info = client.get_model(MODEL)
@@ -462,6 +467,7 @@ def report(rec: Record, start_stats: dict[str, Any], end_stats: dict[str, Any], 
         "intended_cancellations": dict(rec.intended),
         "control": dict(rec.ops),
         "training_jobs": dict(rec.jobs),
+        "training_job_errors": rec.job_errors,
         "versions_seen": sorted(rec.versions_seen),
         "server_start": start_stats,
         "server_end": end_stats,
@@ -494,6 +500,8 @@ def print_report(r: dict[str, Any]) -> None:
     p(f"deliberate cancellations: {json.dumps(r['intended_cancellations'])}")
     p(f"control operations: {json.dumps(r['control'])}")
     p(f"training jobs: {json.dumps(r['training_jobs'])}; versions answering: {r['versions_seen']}")
+    for error in r["training_job_errors"]:
+        p(f"  job failed: {error}")
     s, e = r["server_start"], r["server_end"]
     p("\nserver process       start      end")
     for key, label in (
@@ -528,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         "--server-arg",
         action="append",
         default=[],
-        help="extra argument for highpeaks-ml serve (repeat), e.g. --server-arg=--batching",
+        help="extra argument for highpeaks-ml serve (repeat), e.g. --server-arg=--no-batching",
     )
     args = ap.parse_args(argv)
     if args.duration <= 0 or args.concurrency < 1 or args.window <= 0:
