@@ -45,6 +45,7 @@ from grpc import aio
 
 from highpeaks_ml import errors
 from highpeaks_ml.api.context import subject_var
+from highpeaks_ml.api.handlers import rewrap_handler
 from highpeaks_ml.config import AuthMode, ConfigError, Settings
 
 log = logging.getLogger("highpeaks_ml.auth")
@@ -410,21 +411,6 @@ def _wrap(behavior: Callable[..., Any], check: Callable[[], None]) -> Callable[.
     return unary
 
 
-def _wrap_handler(handler: grpc.RpcMethodHandler, check: Callable[[], None]) -> Any:
-    kw = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(_wrap(handler.unary_unary, check), **kw)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(_wrap(handler.stream_unary, check), **kw)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(_wrap(handler.unary_stream, check), **kw)
-    assert handler.stream_stream is not None
-    return grpc.stream_stream_rpc_method_handler(_wrap(handler.stream_stream, check), **kw)
-
-
 def _refusal(check: Callable[[], None]) -> grpc.RpcMethodHandler:
     """A handler for a path no entry allows: runs ``check`` (which raises), reads nothing.
 
@@ -475,7 +461,7 @@ class AuthInterceptor(aio.ServerInterceptor):
 
         if handler is None or required is None:
             return _refusal(check)
-        return _wrap_handler(handler, check)
+        return rewrap_handler(handler, lambda behavior, _req, _resp: _wrap(behavior, check))
 
 
 def build_auth_interceptor(settings: Settings) -> AuthInterceptor | None:

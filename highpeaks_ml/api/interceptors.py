@@ -29,6 +29,7 @@ from highpeaks_ml import errors
 from highpeaks_ml.api.auth import KNOWN_METHODS
 from highpeaks_ml.api.context import NO_SUBJECT, subject_var
 from highpeaks_ml.api.errors import status_for
+from highpeaks_ml.api.handlers import rewrap_handler
 from highpeaks_ml.logs import request_id_var
 from highpeaks_ml.metrics import Metrics
 
@@ -322,18 +323,11 @@ class MalformedRequestInterceptor(aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        kw = {
-            "request_deserializer": _tolerant(handler.request_deserializer),
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_guard(handler.unary_unary, False), **kw)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_guard(handler.stream_unary, True), **kw)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_guard(handler.unary_stream, False), **kw)
-        assert handler.stream_stream is not None
-        return grpc.stream_stream_rpc_method_handler(_guard(handler.stream_stream, True), **kw)
+        return rewrap_handler(
+            handler,
+            lambda behavior, streaming_request, _: _guard(behavior, streaming_request),
+            request_deserializer=_tolerant(handler.request_deserializer),
+        )
 
 
 class ErrorMappingInterceptor(aio.ServerInterceptor):
@@ -364,27 +358,10 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
             return handler  # unknown method: grpc answers UNIMPLEMENTED
         method = handler_call_details.method
         metadata = handler_call_details.invocation_metadata
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary_response(handler.unary_unary, method, metadata, self),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(handler.stream_unary, method, metadata, self),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, metadata, self),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        assert handler.stream_stream is not None
-        return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(handler.stream_stream, method, metadata, self),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+
+        def wrap(behavior: Callable[..., Any], _: bool, streaming_response: bool) -> Any:
+            if streaming_response:
+                return _wrap_stream(behavior, method, metadata, self)
+            return _wrap_unary_response(behavior, method, metadata, self)
+
+        return rewrap_handler(handler, wrap)
