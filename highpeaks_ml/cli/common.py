@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -118,6 +119,13 @@ def with_client(
             client.close()
 
     return run
+
+
+def when(ts: Any) -> str:
+    """A protobuf Timestamp as local ``YYYY-MM-DD HH:MM:SS``, or ``-`` when unset."""
+    if not ts.seconds:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts.seconds))
 
 
 def to_dict(msg: Any) -> dict[str, Any]:

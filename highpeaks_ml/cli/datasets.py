@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from highpeaks_ml.cli.common import (
     add_target,
     print_json,
     to_dict,
+    when,
     with_client,
 )
 
@@ -69,12 +69,6 @@ def _upload(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _when(ts: Any) -> str:
-    if not ts.seconds:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts.seconds))
-
-
 def _list(client: Any, args: argparse.Namespace) -> int:
     found = client.list_datasets(args.limit)
     if args.json:
@@ -87,7 +81,7 @@ def _list(client: Any, args: argparse.Namespace) -> int:
     for d in found:
         print(
             f"{d.id:64}  {d.name or '-':20}  {d.rows:>9}  {len(d.columns):>4}"
-            f"  {d.size_bytes:>11}  {_when(d.created_at)}"
+            f"  {d.size_bytes:>11}  {when(d.created_at)}"
         )
     return 0
 
@@ -103,7 +97,7 @@ def _show(client: Any, args: argparse.Namespace) -> int:
     print(f"name:     {d.name or '-'}")
     print(f"rows:     {d.rows}")
     print(f"bytes:    {d.size_bytes}")
-    print(f"created:  {_when(d.created_at)}")
+    print(f"created:  {when(d.created_at)}")
     print("columns:")
     for c in d.columns:
         kind = train_pb2.ColumnType.Name(c.type).removeprefix("COLUMN_TYPE_").lower()

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
-from highpeaks_ml.cli.common import add_target, print_json, to_dict, with_client
+from highpeaks_ml.cli.common import add_target, print_json, to_dict, when, with_client
 from highpeaks_ml.cli.train import EXIT_CANCELLED, EXIT_FAILED, _names, follow
 
 _STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -57,12 +56,6 @@ def register(sub: Any) -> None:
     cancel.set_defaults(func=with_client(_cancel))
 
 
-def _when(ts: Any) -> str:
-    if not ts.seconds:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts.seconds))
-
-
 def _list(client: Any, args: argparse.Namespace) -> int:
     jobs = client.list_jobs(args.model, args.state, args.limit)
     if args.json:
@@ -77,7 +70,7 @@ def _list(client: Any, args: argparse.Namespace) -> int:
         version = str(j.model_version) if j.model_version else "-"
         print(
             f"{j.id:32}  {j.model_name:20}  {j.algorithm:22}  {state:9}  {version:>4}"
-            f"  {_when(j.created_at)}"
+            f"  {when(j.created_at)}"
         )
     return 0
 
@@ -96,9 +89,9 @@ def _show(client: Any, args: argparse.Namespace) -> int:
         print(f"version:    {job.model_version}")
     if job.error:
         print(f"error:      {job.error}")
-    print(f"created:    {_when(job.created_at)}")
-    print(f"started:    {_when(job.started_at)}")
-    print(f"finished:   {_when(job.finished_at)}")
+    print(f"created:    {when(job.created_at)}")
+    print(f"started:    {when(job.started_at)}")
+    print(f"finished:   {when(job.finished_at)}")
     if job.metrics:
         print("metrics:")
         for key in sorted(job.metrics):
