@@ -57,6 +57,7 @@ from highpeaks_ml.registry.base import (
     validate_alias,
     validate_name,
 )
+from highpeaks_ml.storage import TMP_SUFFIX, fsync_dir, write_atomic
 
 log = logging.getLogger("highpeaks_ml.registry")
 
@@ -67,21 +68,13 @@ HIGH_WATER_FILE = "high_water"
 LOCK_FILE = ".lock"
 SCRATCH_PREFIX = "registry-"
 _TRASH_PREFIX = ".trash-"
-_TMP_SUFFIX = ".tmp"
+_TMP_SUFFIX = TMP_SUFFIX
 _READ_CHUNK = 1024 * 1024
 _SOURCES = frozenset({"trained", "imported"})
 _TASKS = frozenset({"classification", "regression", ""})
 
 
 # --- small filesystem helpers ------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _mkdirs(path: Path) -> None:
@@ -94,7 +87,7 @@ def _mkdirs(path: Path) -> None:
     for d in reversed(missing):
         with contextlib.suppress(FileExistsError):
             d.mkdir()
-        _fsync_dir(d.parent)
+        fsync_dir(d.parent)
 
 
 def _json_default(obj: Any) -> Any:
@@ -106,21 +99,6 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset)):
         return sorted(obj)
     return str(obj)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file in the same dir, fsync, rename, fsync dir."""
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _remove(path: Path) -> None:
@@ -575,7 +553,7 @@ class LocalModelStore(ModelStore):
                     f.write(body)
                     f.flush()
                     os.fsync(f.fileno())
-                _fsync_dir(staging)
+                fsync_dir(staging)
                 self._checkpoint("staged")
                 try:
                     os.rename(staging, versions_dir / str(number))
@@ -586,8 +564,8 @@ class LocalModelStore(ModelStore):
                     if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                         raise
                     number += 1
-            _fsync_dir(versions_dir)
-            _write_atomic(model_dir / HIGH_WATER_FILE, f"{number}\n".encode())
+            fsync_dir(versions_dir)
+            write_atomic(model_dir / HIGH_WATER_FILE, f"{number}\n".encode())
             if aliases:
                 current = _read_aliases(model_dir)
                 current.update(dict.fromkeys(aliases, number))
@@ -677,7 +655,7 @@ class LocalModelStore(ModelStore):
             # its number is never allocated again.
             high = self._next_version(model_dir) - 1
             if _read_int(model_dir / HIGH_WATER_FILE) < high:
-                _write_atomic(model_dir / HIGH_WATER_FILE, f"{high}\n".encode())
+                write_atomic(model_dir / HIGH_WATER_FILE, f"{high}\n".encode())
             if pointing:
                 for a in pointing:
                     del current[a]
@@ -685,7 +663,7 @@ class LocalModelStore(ModelStore):
             # One rename makes the version vanish; the slow removal follows.
             trash = model_dir / f"{_TRASH_PREFIX}{version}-{uuid.uuid4().hex}"
             os.rename(target, trash)
-            _fsync_dir(versions_dir)
+            fsync_dir(versions_dir)
             shutil.rmtree(trash, ignore_errors=True)
         with self._lock:
             self._metas.pop((name, version), None)
@@ -755,7 +733,7 @@ def _read_aliases(model_dir: Path) -> dict[str, int]:
 
 def _write_aliases(model_dir: Path, aliases: dict[str, int]) -> None:
     body = json.dumps({"aliases": dict(sorted(aliases.items()))}, indent=2) + "\n"
-    _write_atomic(model_dir / ALIASES_FILE, body.encode())
+    write_atomic(model_dir / ALIASES_FILE, body.encode())
 
 
 def _find_version(info: ModelInfo, version: int) -> VersionMeta:

@@ -50,6 +50,7 @@ import pandas as pd
 
 from highpeaks_ml.errors import InvalidArgument, NotFound, ResourceExhausted
 from highpeaks_ml.registry.base import validate_name
+from highpeaks_ml.storage import fsync_dir
 
 log = logging.getLogger("highpeaks_ml.datasets")
 
@@ -418,14 +419,6 @@ def check_target_column(info: DatasetInfo, target: str) -> ColumnInfo:
 # --- the store -------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _abandoned(lock: Path) -> bool:
     """Whether no live process holds ``lock`` (a missing lock counts as abandoned)."""
     try:
@@ -600,7 +593,7 @@ class DatasetStore:
             json.dump(info.to_dict(), f, indent=2)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(staging)
+        fsync_dir(staging)
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(staging, self.dir / info.id)
@@ -612,7 +605,7 @@ class DatasetStore:
             if existing is not None:
                 return existing
             raise
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         with self._lock:
             self._cache[info.id] = info
         log.info(

@@ -59,6 +59,7 @@ from highpeaks_ml.errors import (
     Unavailable,
 )
 from highpeaks_ml.registry.base import ModelStore, VersionMeta, validate_alias, validate_name
+from highpeaks_ml.storage import write_atomic
 from highpeaks_ml.training import catalogue
 from highpeaks_ml.training.datasets import (
     CATEGORICAL,
@@ -200,23 +201,6 @@ class Job:
         d = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         d["request"] = TrainRequest.from_dict(d["request"])
         return cls(**d)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Worker:
@@ -555,7 +539,7 @@ class JobManager:
             rows = source.rows or []
             data = await asyncio.to_thread(inline_csv, rows)
             path = self._inline_path(job_id)
-            await asyncio.to_thread(_write_atomic, path, data)
+            await asyncio.to_thread(write_atomic, path, data)
             n, columns = await asyncio.to_thread(analyse_csv, path)
             return DatasetInfo("inline", "", "csv", len(data), n, columns, time.time())
         raise InvalidArgument("dataset: give a dataset_id, a builtin name or inline rows")
@@ -671,7 +655,7 @@ class JobManager:
         with self._write_lock:
             if self._written.get(job_id, -1) >= seq:
                 return
-            _write_atomic(self.dir / f"{job_id}.json", data)
+            write_atomic(self.dir / f"{job_id}.json", data)
             self._written[job_id] = seq
 
     def _notify(self, snap: Job) -> None:
