@@ -37,7 +37,7 @@ the native API, ``inputs['input'].shape[1]``/``FP32`` for the OIP).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -339,17 +339,10 @@ class InputPlan:
     def _named_feeds(self, data: TensorsInput, max_rows: int) -> tuple[dict[str, np.ndarray], int]:
         given = data.tensors
         order = [s.name for s in self.slots]
-        unknown = [k for k in given if k not in order]
-        missing = [k for k in order if k not in given]
-        if unknown or missing:
-            problems = []
-            if unknown:
-                problems.append(f"unknown input {unknown[0]!r}")
-            if missing:
-                problems.append(f"missing input {missing[0]!r}")
+        problems = _key_problems(given, order, "input")
+        if problems:
             raise InvalidArgument(
-                f"inputs: {' and '.join(problems)} ({self.label} takes"
-                f" {len(order)}: {', '.join(order)})"
+                f"inputs: {problems} ({self.label} takes {len(order)}: {', '.join(order)})"
             )
         feeds: dict[str, np.ndarray] = {}
         rows = -1
@@ -476,16 +469,9 @@ class InputPlan:
         want = self._row_keys
         what = "feature" if self.features else "input"
         order = [f.name for f in self.features] if self.features else [s.name for s in self.slots]
-        missing = [k for k in order if k not in row]
-        extra = sorted(k for k in row if k not in want)
-        problems = []
-        if extra:
-            problems.append(f"unknown {what} {extra[0]!r}")
-        if missing:
-            problems.append(f"missing {what} {missing[0]!r}")
+        problems = _key_problems(sorted(row), order, what, allowed=want)
         raise InvalidArgument(
-            f"rows[{i}]: {' and '.join(problems)} ({self.label} expects"
-            f" {len(order)}: {', '.join(order)})"
+            f"rows[{i}]: {problems} ({self.label} expects {len(order)}: {', '.join(order)})"
         )
 
     # --- outputs -> prediction ---------------------------------------------
@@ -814,3 +800,23 @@ def _describe(v: Any) -> str:
     if isinstance(v, dict):
         return "an object"
     return repr(v)
+
+
+def _key_problems(
+    given: Iterable[str], order: Sequence[str], what: str, allowed: Container[str] | None = None
+) -> str:
+    """``unknown WHAT 'x' and missing WHAT 'y'`` (the first of each), or "" when none.
+
+    ``given`` is iterated in the order its first unknown key should be named;
+    ``allowed`` (default: ``order``) says which keys are known.
+    """
+    known = order if allowed is None else allowed
+    given = list(given)
+    unknown = [k for k in given if k not in known]
+    missing = [k for k in order if k not in given]
+    problems = []
+    if unknown:
+        problems.append(f"unknown {what} {unknown[0]!r}")
+    if missing:
+        problems.append(f"missing {what} {missing[0]!r}")
+    return " and ".join(problems)
