@@ -134,6 +134,17 @@ class Settings(BaseSettings):
     max_batch_delay_us: int = Field(
         0, ge=0, description="How long a request may wait for others to batch with (µs)."
     )
+    # From docs/serving.md's measurement: a trip to the inference thread pool
+    # costs ~130-190 µs of thread wake-ups, far more than a 1-row run of a small
+    # model (5-40 µs); running such a run on the event loop blocks it for less
+    # than parsing a request does.
+    inline_inference_us: int = Field(
+        100,
+        ge=0,
+        description="Requests of at most 8 rows run on the event loop instead of the "
+        "inference thread pool while their version's small runs take under this (µs, "
+        "measured as it serves); 0 = always the thread pool.",
+    )
 
     # --- training ----------------------------------------------------------
     training_workers: int = Field(

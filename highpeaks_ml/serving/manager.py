@@ -75,6 +75,11 @@ FAILED_RETRY_S = 30.0
 #: Requests at or above this many elements are validated in the thread pool,
 #: so converting a large typed tensor does not hold up the event loop.
 _LARGE_ELEMENTS = 50_000
+#: Runs of at most this many rows may run inline on the event loop (see
+#: ``LoadedVersion.inline_ok``); their measured cost decides whether they do.
+INLINE_MAX_ROWS = 8
+#: Small runs measured (in the thread pool) before a version may run inline.
+_INLINE_PROBATION = 5
 
 _PATHISH = re.compile(r"(?:/[\w.+-]+){2,}/?")
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*(?:[A-Z_]+\s*:\s*)?")
@@ -110,7 +115,14 @@ class VersionState:
 class LoadedVersion:
     """An onnxruntime session with its plan; kept alive by requests that use it."""
 
-    def __init__(self, meta: VersionMeta, session: Any, plan: InputPlan, provider: str) -> None:
+    def __init__(
+        self,
+        meta: VersionMeta,
+        session: Any,
+        plan: InputPlan,
+        provider: str,
+        inline_limit_s: float = 0.0,
+    ) -> None:
         self.meta = meta
         self.session = session
         self.plan = plan
@@ -119,6 +131,37 @@ class LoadedVersion:
         self.batcher: Batcher | None = None
         #: Set by the manager once loaded (warm-up runs are not counted).
         self.stats: VersionStats | None = None
+        self._inline_limit_s = inline_limit_s
+        #: Estimated seconds of one run of at most INLINE_MAX_ROWS rows, and how
+        #: many such runs were measured. Updated from every thread without a
+        #: lock: a lost update only nudges an estimate.
+        self.small_run_s = float("inf")
+        self.small_runs = 0
+
+    def inline_ok(self, rows: int) -> bool:
+        """Whether a run of ``rows`` rows is cheap enough to run on the event loop.
+
+        A hop to the inference thread pool costs two thread wake-ups (~130-190
+        µs on a small VM; docs/serving.md), often more than the run itself. A
+        version qualifies once ``_INLINE_PROBATION`` small runs were measured
+        and their estimate is under the ``inline_inference_us`` setting; one
+        slow run pulls the estimate up at once, so a version that turns slow
+        goes back to the thread pool.
+        """
+        return (
+            rows <= INLINE_MAX_ROWS
+            and self.small_runs >= _INLINE_PROBATION
+            and self.small_run_s < self._inline_limit_s
+        )
+
+    def _note_small_run(self, elapsed: float) -> None:
+        est = self.small_run_s
+        if elapsed >= est or self.small_runs == 0:
+            # Up fast: a version must not keep blocking the loop once it turns slow.
+            self.small_run_s = elapsed if self.small_runs == 0 else est + (elapsed - est) / 2
+        else:
+            self.small_run_s = est + (elapsed - est) / 10
+        self.small_runs += 1
 
     def run(
         self,
@@ -139,6 +182,8 @@ class LoadedVersion:
             name, version = self.meta.model_name, self.meta.version
             rows = next(iter(feeds.values())).shape[0] if feeds else 0
             elapsed = time.perf_counter() - started
+            if rows <= INLINE_MAX_ROWS:
+                self._note_small_run(elapsed)
             metrics.record_inference(name, version, rows, elapsed)
             if self.stats is not None:
                 self.stats.record_execution(rows, elapsed)
@@ -309,7 +354,11 @@ class ModelManager:
             feeds, rows = plan.feeds(data, max_rows)
             if rows == 0:
                 return plan.assemble(names, plan.empty_outputs(names), lv.provider, 0, as_names)
-            if lv.batcher is not None and rows < lv.batcher.max_rows:
+            if lv.inline_ok(rows) and (lv.batcher is None or not lv.batcher.max_delay_s):
+                # Cheaper than the hop to the thread pool (see inline_ok). Not
+                # with a batching delay: that asks for requests to wait and merge.
+                outs = lv.run(feeds, queued_at=time.perf_counter())
+            elif lv.batcher is not None and rows < lv.batcher.max_rows:
                 outs = await lv.batcher.submit(feeds, rows)
             else:
                 _, outs = await self._run(lv, feeds)
@@ -454,7 +503,13 @@ class ModelManager:
             [(i.name, i.type, i.shape) for i in session.get_inputs()],
             [(o.name, o.type, o.shape) for o in session.get_outputs()],
         )
-        lv = LoadedVersion(meta, session, plan, session.get_providers()[0])
+        lv = LoadedVersion(
+            meta,
+            session,
+            plan,
+            session.get_providers()[0],
+            inline_limit_s=self.settings.inline_inference_us / 1e6,
+        )
         if self.settings.warmup:
             try:
                 lv.run(plan.warmup_feeds(), record=False)

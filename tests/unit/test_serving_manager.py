@@ -426,3 +426,116 @@ def test_session_options(tmp_path):
     assert opts.intra_op_num_threads == min(providers.usable_cores(), 8)
     assert providers.provider_list("CPUExecutionProvider") == ["CPUExecutionProvider"]
     assert providers.provider_list("CUDAExecutionProvider")[0][0] == "CUDAExecutionProvider"
+
+
+class ThreadRecordingSession:
+    """A real onnxruntime session that notes which thread ran each call."""
+
+    def __init__(self, session, delay_s: float = 0.0) -> None:
+        self._session = session
+        self.delay_s = delay_s
+        self.threads: list[int] = []
+
+    def run(self, *args, **kwargs):
+        import threading
+        import time
+
+        self.threads.append(threading.get_ident())
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return self._session.run(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+async def _recording(m: ModelManager, delay_s: float = 0.0) -> ThreadRecordingSession:
+    lv = m._cache[("iris", 1)]
+    rec = ThreadRecordingSession(lv.session, delay_s)
+    lv.session = rec
+    return rec
+
+
+def test_small_cheap_runs_move_onto_the_event_loop_after_probation(store, tmp_path):
+    import threading
+
+    async def main():
+        # A limit no run on any machine misses, so the test is about the rule.
+        m = await started(store, tmp_path, inline_inference_us=1_000_000)
+        try:
+            rec = await _recording(m)
+            loop_thread = threading.get_ident()
+            for _ in range(manager_mod._INLINE_PROBATION + 3):
+                pred = await m.predict(iris_query(n=1))
+                assert len(pred.labels) == 1
+            first = rec.threads[: manager_mod._INLINE_PROBATION]
+            after = rec.threads[manager_mod._INLINE_PROBATION :]
+            assert loop_thread not in first  # measured in the thread pool first
+            assert after and all(t == loop_thread for t in after)
+            # More rows than INLINE_MAX_ROWS always go to the thread pool.
+            await m.predict(iris_query(n=manager_mod.INLINE_MAX_ROWS + 1))
+            assert rec.threads[-1] != loop_thread
+        finally:
+            await m.close()
+
+    run(main())
+
+
+def test_inline_off_with_zero_and_with_a_batching_delay(store, tmp_path):
+    import threading
+
+    async def main(**settings):
+        m = await started(store, tmp_path, **settings)
+        try:
+            rec = await _recording(m)
+            for _ in range(manager_mod._INLINE_PROBATION + 3):
+                await m.predict(iris_query(n=1))
+            return rec.threads, threading.get_ident()
+        finally:
+            await m.close()
+
+    for settings in (
+        {"inline_inference_us": 0},
+        {"inline_inference_us": 1_000_000, "max_batch_delay_us": 500},
+    ):
+        threads, loop_thread = run(main(**settings))
+        assert loop_thread not in threads, settings
+
+
+def test_a_version_that_turns_slow_goes_back_to_the_thread_pool(store, tmp_path):
+    import threading
+
+    async def main():
+        m = await started(store, tmp_path, inline_inference_us=20_000)
+        try:
+            rec = await _recording(m)
+            loop_thread = threading.get_ident()
+            for _ in range(manager_mod._INLINE_PROBATION + 1):
+                await m.predict(iris_query(n=1))
+            assert rec.threads[-1] == loop_thread
+            rec.delay_s = 0.1  # five times the limit: one such run is enough
+            await m.predict(iris_query(n=1))
+            rec.threads.clear()
+            for _ in range(3):
+                await m.predict(iris_query(n=1))
+            assert rec.threads and loop_thread not in rec.threads
+        finally:
+            await m.close()
+
+    run(main())
+
+
+def test_small_run_estimate_rises_fast_and_falls_slowly():
+    lv = manager_mod.LoadedVersion.__new__(manager_mod.LoadedVersion)
+    lv.small_run_s, lv.small_runs, lv._inline_limit_s = float("inf"), 0, 100e-6
+    for _ in range(manager_mod._INLINE_PROBATION):
+        lv._note_small_run(10e-6)
+    assert lv.small_run_s == pytest.approx(10e-6) and lv.inline_ok(1)
+    lv._note_small_run(1e-3)
+    assert lv.small_run_s > 500e-6 and not lv.inline_ok(1)
+    n = 0
+    while not lv.inline_ok(1):
+        lv._note_small_run(10e-6)
+        n += 1
+    assert 15 < n < 40  # back after a few dozen cheap runs, not one
+    assert not lv.inline_ok(manager_mod.INLINE_MAX_ROWS + 1)
