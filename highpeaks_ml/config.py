@@ -159,6 +159,22 @@ class Settings(BaseSettings):
     job_time_limit_s: float = Field(
         3600.0, gt=0, description="Default and maximum wall time of one training job."
     )
+    # Retention of ended job records (docs/training.md, "Job records and
+    # retention"): a week outlasts any client's retries of an idempotency key
+    # and leaves a weekend's jobs to look back on; a record is about 1 KB (plus
+    # its description), and 1,000 of them load in about 0.1 s.
+    job_retention_s: float = Field(
+        7 * 24 * 3600.0,
+        ge=0,
+        description="How long a finished (succeeded, failed, cancelled) training job's record "
+        "is kept after it ended (s); 0 = forever. Queued and running jobs are never removed.",
+    )
+    max_job_records: int = Field(
+        1000,
+        ge=0,
+        description="Finished training job records kept at most; past it the ones that ended "
+        "first are removed. 0 = no limit.",
+    )
     max_dataset_bytes: int = Field(
         1024 * 1024 * 1024, ge=1, description="Largest dataset upload (bytes)."
     )

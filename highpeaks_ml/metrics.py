@@ -24,6 +24,7 @@ Serving
 Training
   ``training_jobs`` [state]                      jobs per state now
   ``training_job_duration_seconds`` [algorithm, state]  wall time of finished jobs
+  ``training_job_records_pruned_total`` [reason] ended job records removed (age, count)
 Process (prometheus_client's collectors)
   ``process_*`` (RSS, CPU, open fds), ``python_gc_*``, ``python_info``
 """
@@ -151,6 +152,12 @@ class Metrics:
             buckets=_JOB_BUCKETS,
             registry=r,
         )
+        self.training_job_records_pruned = Counter(
+            p + "training_job_records_pruned",
+            "Records of ended training jobs removed by retention, by reason (age or count).",
+            ["reason"],
+            registry=r,
+        )
         self._http: Any = None
         self._thread: threading.Thread | None = None
 
@@ -233,6 +240,11 @@ def record_training_job(algorithm: str, state: str, seconds: float) -> None:
     _current.training_job_duration.labels(algorithm, state).observe(seconds)
 
 
+def record_training_jobs_pruned(reason: str, count: int) -> None:
+    """Retention removed ``count`` ended job records, for ``reason`` (``age`` or ``count``)."""
+    _current.training_job_records_pruned.labels(reason).inc(count)
+
+
 __all__ = [
     "PREFIX",
     "Metrics",
@@ -243,6 +255,7 @@ __all__ = [
     "record_prediction",
     "record_queue_wait",
     "record_training_job",
+    "record_training_jobs_pruned",
     "set_loaded_sessions",
     "set_training_jobs",
 ]

@@ -23,6 +23,12 @@ Lifecycle::
   were interrupted by a crash or kill of the server: they become FAILED;
   QUEUED ones run.
 - Watchers (``watch``) receive a snapshot of every change, in order.
+- Retention: records of ended jobs are removed once older than
+  ``settings.job_retention_s`` or past the newest ``settings.max_job_records``
+  ended ones, at start-up and then by one background task (woken when a job
+  ends, and when the next record is due). Queued and running jobs are never
+  removed. A removed job is unknown (NotFound); its idempotency key is free
+  again; the version it registered stays in the registry.
 - ``training_workers = 0`` makes a serving-only server: it neither runs nor
   recovers jobs (another process, the trainer, owns ``<home>/jobs`` on a
   shared volume) and answers every job call with UNAVAILABLE.
@@ -59,7 +65,7 @@ from highpeaks_ml.errors import (
     Unavailable,
 )
 from highpeaks_ml.registry.base import ModelStore, VersionMeta, validate_alias, validate_name
-from highpeaks_ml.storage import write_atomic
+from highpeaks_ml.storage import TMP_SUFFIX, fsync_dir, write_atomic
 from highpeaks_ml.training import catalogue
 from highpeaks_ml.training.datasets import (
     CATEGORICAL,
@@ -98,6 +104,11 @@ STAGING_PREFIX = "job-"
 INTERRUPTED = "interrupted by a server restart; the job did not finish (start it again)"
 SHUTTING_DOWN = "server shutting down"
 CANCELLED_BY_CALLER = "cancelled by a caller"
+#: Longest pause between two retention passes while serving; a pass also runs
+#: when a job ends and when the oldest ended record is due.
+PRUNE_INTERVAL_S = 300.0
+#: Shortest pause between two passes, so a tiny retention cannot spin the loop.
+MIN_PRUNE_PAUSE_S = 1.0
 _STAGE_WORDS = {
     "LOADING_DATA": "loading data",
     "FITTING": "fitting",
@@ -283,7 +294,15 @@ class JobManager:
         self._cancel_reason: dict[str, str] = {}
         self._written: dict[str, int] = {}
         self._write_lock = threading.Lock()
+        #: Ended jobs whose final record is on disk -> when they ended: the
+        #: only jobs retention may remove (never one whose last write is pending).
+        self._ended: dict[str, float] = {}
         self._wake: asyncio.Event | None = None
+        self._prune_wake: asyncio.Event | None = None
+        #: The last retention pass could not remove everything: wait the full
+        #: interval before the next, rather than retrying (and logging) every second.
+        self._prune_backoff = False
+        self._prune_lock = asyncio.Lock()  # one pass at a time
         self._started = False
         self._shutting_down = False
         self._closed = False
@@ -316,12 +335,18 @@ class JobManager:
                 self._queue.append(job.id)
             if job.final:
                 await asyncio.to_thread(self._drop_files, job.id)
+                self._ended[job.id] = _ended_at(job)
+        await asyncio.to_thread(self._drop_orphans)
+        await self.prune()
         for _ in range(self.settings.training_workers):
             self._workers.append(_Worker(self._ctx, self.settings))
         for index in range(self.settings.training_workers):
             self._tasks.append(
                 asyncio.create_task(self._slot(index), name=f"training-slot-{index}")
             )
+        if self._retention_on:
+            self._prune_wake = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._prune_loop(), name="training-retention"))
         self._started = True
         self._count_states()
         if self._queue:
@@ -339,7 +364,15 @@ class JobManager:
             if entry.startswith(STAGING_PREFIX):
                 (self.tmp_dir / entry).unlink(missing_ok=True)
         for entry in os.listdir(self.dir):
-            if entry.startswith(".") and entry.endswith(".tmp"):
+            if entry.startswith(".") and entry.endswith(TMP_SUFFIX):
+                (self.dir / entry).unlink(missing_ok=True)
+
+    def _drop_orphans(self) -> None:
+        """Remove inline data whose record is gone (a crash between the two)."""
+        for entry in os.listdir(self.dir):
+            if entry.startswith(".") or not entry.endswith(".csv"):
+                continue
+            if not (self.dir / f"{entry.removesuffix('.csv')}.json").exists():
                 (self.dir / entry).unlink(missing_ok=True)
 
     def _load_records(self) -> list[Job]:
@@ -476,8 +509,9 @@ class JobManager:
                 raise _Duplicate(known)
             self._check_queue_room()
         except _Duplicate as dup:
+            known_job = self._jobs[dup.job_id].snapshot()  # before an await: it may be pruned
             await asyncio.to_thread(self._drop_files, job_id)
-            return self._jobs[dup.job_id].snapshot()
+            return known_job
         except BaseException:
             await asyncio.to_thread(self._drop_files, job_id)
             raise
@@ -554,6 +588,118 @@ class JobManager:
         self._inline_path(job_id).unlink(missing_ok=True)
         for suffix in ("", ".part"):
             Path(f"{self._staging_path(job_id)}{suffix}").unlink(missing_ok=True)
+
+    # --- retention ---------------------------------------------------------
+
+    @property
+    def _retention_on(self) -> bool:
+        return self.settings.job_retention_s > 0 or self.settings.max_job_records > 0
+
+    def _expired(self, now: float) -> dict[str, str]:
+        """Ended jobs to remove now -> why ("age" or "count"), oldest ended first."""
+        retention = self.settings.job_retention_s
+        limit = self.settings.max_job_records
+        doomed: dict[str, str] = {}
+        order = sorted(self._ended.items(), key=lambda item: (item[1], item[0]))
+        if retention > 0:
+            for job_id, ended in order:
+                if ended > now - retention:
+                    break
+                doomed[job_id] = "age"
+        if limit > 0 and len(order) - len(doomed) > limit:
+            excess = len(order) - len(doomed) - limit
+            for job_id, _ended in order:
+                if excess == 0:
+                    break
+                if job_id not in doomed:
+                    doomed[job_id] = "count"
+                    excess -= 1
+        return doomed
+
+    async def prune(self, now: float | None = None) -> int:
+        """Remove the records retention no longer keeps; returns how many were removed.
+
+        Per job: its inline data and staging leftovers, then the record
+        (``unlink``: atomic, so never half a record); one fsync of the
+        directory; memory last. A crash before a record's unlink leaves that
+        whole record, which the next start-up prunes again.
+        """
+        if not self._retention_on or not self.enabled:
+            return 0
+        async with self._prune_lock:
+            return await self._prune(time.time() if now is None else now)
+
+    async def _prune(self, now: float) -> int:
+        doomed = self._expired(now)
+        if not doomed:
+            return 0
+        removed = await asyncio.to_thread(self._remove_records, list(doomed))
+        self._prune_backoff = len(removed) < len(doomed)
+        reasons: dict[str, int] = {}
+        for job_id in removed:
+            # Ended and on disk: no write, cancel or slot refers to it any more.
+            job = self._jobs.pop(job_id, None)
+            self._ended.pop(job_id, None)
+            self._notified.pop(job_id, None)
+            self._written.pop(job_id, None)
+            if job is not None and job.request.idempotency_key:
+                index = (job.created_by, job.request.idempotency_key)
+                if self._idempotency.get(index) == job_id:
+                    del self._idempotency[index]
+            reasons[doomed[job_id]] = reasons.get(doomed[job_id], 0) + 1
+        for reason, n in reasons.items():
+            prom.record_training_jobs_pruned(reason, n)
+        if removed:
+            self._count_states()
+            log.info(
+                "removed ended training job records (retention)",
+                extra={"removed": len(removed), **{f"by_{r}": n for r, n in reasons.items()}},
+            )
+        return len(removed)
+
+    def _remove_records(self, job_ids: list[str]) -> list[str]:
+        """Delete each job's files, record last; the ids whose record is gone."""
+        removed = []
+        for job_id in job_ids:
+            try:
+                self._drop_files(job_id)
+                (self.dir / f"{job_id}.json").unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("could not remove the record of job %s: %s", job_id, exc)
+                continue
+            removed.append(job_id)
+        if removed:
+            try:
+                fsync_dir(self.dir)
+            except OSError as exc:  # the unlinks stand; a crash may bring some back
+                log.warning("could not fsync %s after removing job records: %s", self.dir, exc)
+        return removed
+
+    def _next_prune_in(self, now: float) -> float:
+        """Seconds until the next retention pass is due."""
+        pause = PRUNE_INTERVAL_S
+        if self.settings.job_retention_s > 0 and self._ended and not self._prune_backoff:
+            due = min(self._ended.values()) + self.settings.job_retention_s
+            pause = min(pause, due - now)
+        return max(pause, MIN_PRUNE_PAUSE_S)
+
+    async def _prune_loop(self) -> None:
+        """While serving: a pass when a job ended, when a record is due, at least every 5 min."""
+        assert self._prune_wake is not None
+        while True:
+            # Not asyncio.wait_for: on Python 3.11 it can swallow a cancel that
+            # arrives as the event fires (close() would then wait forever).
+            woken = asyncio.ensure_future(self._prune_wake.wait())
+            try:
+                await asyncio.wait({woken}, timeout=self._next_prune_in(time.time()))
+            finally:
+                woken.cancel()
+            self._prune_wake.clear()
+            try:
+                await self.prune()
+            except Exception:
+                self._prune_backoff = True
+                log.exception("removing old training job records failed; trying again later")
 
     # --- queries -----------------------------------------------------------
 
@@ -674,6 +820,10 @@ class JobManager:
         # state sees them gone (a crash in between: restart recovery decides).
         await asyncio.to_thread(self._drop_files, job.id)
         await self._save(job)
+        # Only now (the final record on disk) may retention remove it.
+        self._ended[job.id] = _ended_at(job)
+        if self._prune_wake is not None:
+            self._prune_wake.set()
         if job.started_at:
             prom.record_training_job(job.algorithm, state, job.finished_at - job.started_at)
         log.info(
@@ -895,6 +1045,11 @@ class JobManager:
             return
         job.model_version = stored.version
         await self._finish(job, SUCCEEDED)
+
+
+def _ended_at(job: Job) -> float:
+    """When a job reached its final state (its creation for records without one)."""
+    return job.finished_at or job.created_at
 
 
 class _NoWorker(Exception):
