@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from highpeaks_ml.launcher import ServerProcess  # noqa: E402
 
 PREDICT = "/highpeaks_ml.v1.PredictService/Predict"
 STREAM = "/highpeaks_ml.v1.PredictService/PredictStream"
@@ -89,78 +90,9 @@ async def _echo_server(size: int) -> None:
 # --- helpers -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_serving(target: str, proc: subprocess.Popen[bytes], limit: float = 120) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError("the server exited during start-up")
-        try:
-            with grpc.insecure_channel(target) as ch:
-                resp = health_pb2_grpc.HealthStub(ch).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1
-                )
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError("the server did not become ready")
-
-
-class Server:
-    """``highpeaks-ml serve`` as a subprocess on a free loopback port."""
-
-    def __init__(self, home: Path, *extra: str, device: str = "cpu") -> None:
-        self.port = _free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        self.log = open(home.parent / f"server-{self.port}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "highpeaks_ml.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--home",
-                str(home),
-                "--device",
-                device,
-                "--log-level",
-                "WARNING",
-                *extra,
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        try:
-            _wait_serving(self.target, self.proc)
-        except BaseException:
-            self.proc.kill()  # still starting after the limit: do not leave it behind
-            self.proc.wait()
-            self.log.close()
-            raise
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+def _server(home: Path, *extra: str) -> ServerProcess:
+    """``highpeaks-ml serve`` on loopback (CPU), logging at WARNING (no line per RPC)."""
+    return ServerProcess(home, "--log-level", "WARNING", *extra, device="cpu")
 
 
 class Echo:
@@ -359,7 +291,7 @@ def main() -> int:
     home.mkdir()
     requests1 = {name: _request(name, X[:1]) for name, (_, X, _) in models.items()}
 
-    server = Server(home)
+    server = _server(home)
     try:
         _import(server.target, models)
         # --- batch-1 latency --------------------------------------------------
@@ -446,7 +378,7 @@ def main() -> int:
                 )
             )
     finally:
-        server.stop()
+        server.stop(grace_s=20)
 
     # --- concurrency: batching off, on (default delay), on (delay 0) ----------
     configs = {
@@ -456,7 +388,7 @@ def main() -> int:
     }
     measured: dict[tuple[str, str], tuple[float, float, float]] = {}
     for label, extra in configs.items():
-        server = Server(home, *extra)
+        server = _server(home, *extra)
         try:
             for name in models:
                 req = requests1[name]
@@ -465,7 +397,7 @@ def main() -> int:
                 stream = asyncio.run(_rate(server.target, STREAM, req, rate_s, True))
                 measured[(name, label)] = (solo, unary, stream)
         finally:
-            server.stop()
+            server.stop(grace_s=20)
 
     for name in models:
         _, u_off, s_off = measured[(name, "off")]

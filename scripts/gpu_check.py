@@ -779,21 +779,21 @@ class Run:
         log.error("%s: %s", what, text)
 
     def start_server(self, device: str, *extra: str) -> Any:
-        from bench_serving import Server
+        """A server on this run's home, logging at WARNING (no line per RPC); it
+        inherits this process's environment (the re-executed run's PYTHONPATH and
+        LD_LIBRARY_PATH with the installed wheels)."""
+        from highpeaks_ml.launcher import ServerProcess
 
-        server = Server(self.home, *extra, device=device)
+        server = ServerProcess(self.home, "--log-level", "WARNING", *extra, device=device)
         self.servers.append(server)
         return server
 
     def stop_server(self, server: Any, label: str) -> None:
         with contextlib.suppress(Exception):
-            server.stop()
+            server.stop(grace_s=20)
         if server in self.servers:
             self.servers.remove(server)
-        self._append_server_log(server, label)
-
-    def _append_server_log(self, server: Any, label: str) -> None:
-        self._append_log(Path(server.log.name), label)
+        self._append_log(server.log_path, label)
 
     def _append_log(self, path: Path, label: str) -> None:
         """Move a server's log into ours (a failed start's log says why)."""
@@ -906,7 +906,11 @@ class Run:
             try:
                 server = self.start_server(device, *flags)
             except Exception as exc:
-                self.error(f"{device} server (batching {label}) did not start", exc)
+                from highpeaks_ml.launcher import ServerStartError
+
+                # The error says what happened; the server's whole log goes into ours.
+                why = exc.reason if isinstance(exc, ServerStartError) else exc
+                self.error(f"{device} server (batching {label}) did not start", why)
                 for path in sorted(self.tmp.glob("server-*.log")):
                     self._append_log(path, f"failed start, device={device}, batching {label}")
                 return  # the same device fails the same way with other flags
@@ -1308,7 +1312,7 @@ def main(argv: list[str] | None = None) -> int:
     _logging(out)
     if args.wheels:
         return install_and_reexec(args, out)
-    # bench_serving's helpers (server subprocess, raw requests, concurrent callers).
+    # bench_serving's helpers (raw requests, concurrent callers, tables).
     sys.path.insert(0, str(ROOT / "scripts"))
     sys.path.insert(0, str(ROOT))
     log.info("gpu_check %s", " ".join(sys.argv[1:]))

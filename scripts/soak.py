@@ -4,7 +4,7 @@
     python scripts/soak.py --duration 600            # 10 minutes (docs/soak.md)
     python scripts/soak.py --duration 3 --window 1   # a smoke run
 
-It starts ``highpeaks-ml serve`` on 127.0.0.1 (a free port, a temporary home
+It starts ``highpeaks-ml serve`` on 127.0.0.1 (port 0, a temporary home
 unless ``--home``), trains the first version of model ``soak`` through the
 server (built-in iris, alias ``production``), then for ``--duration`` seconds:
 
@@ -40,7 +40,6 @@ import os
 import queue
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
 from highpeaks_ml.client import Client  # noqa: E402
+from highpeaks_ml.launcher import ServerProcess, ServerStartError  # noqa: E402
 from highpeaks_ml.v1 import common_pb2, predict_pb2, registry_pb2, train_pb2  # noqa: E402
 
 MODEL = "soak"
@@ -80,96 +80,51 @@ FINAL_JOB_STATES = (
 # --- the server ---------------------------------------------------------------------------
 
 
-class Server:
-    """``highpeaks-ml serve`` on a free 127.0.0.1 port; its log next to the home.
+def start_server(home: Path, extra: list[str]) -> ServerProcess:
+    """``highpeaks-ml serve`` on 127.0.0.1 (port 0); its log next to the home.
 
-    The server logs at WARNING (one INFO line per RPC would grow the log by
-    hundreds of MB in ten minutes), so readiness is read from health, not
-    from the log.
+    The server logs at WARNING: one INFO line per RPC would grow the log by
+    hundreds of MB in ten minutes (the launcher still reads the port and
+    readiness from the server's start-up lines).
     """
+    try:
+        return ServerProcess(home, *extra, device="cpu", log_path=home.parent / "soak-server.log")
+    except ServerStartError as exc:
+        raise SystemExit(str(exc)) from None
 
-    def __init__(self, home: Path, extra: list[str]) -> None:
-        self.log_path = home.parent / "soak-server.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.target = f"127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "highpeaks_ml.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--home",
-                str(home),
-                *extra,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            cwd=ROOT,
-        )
-        deadline = time.monotonic() + 120
-        with Client(self.target, timeout=2) as probe:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise SystemExit(f"the server exited at start-up:\n{self.output()}")
-                try:
-                    if probe.health() == "SERVING":
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.1)
-        self.stop()
-        raise SystemExit("the server did not become ready in 120 s")
 
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stats(self) -> dict[str, Any]:
-        """RSS (MiB), threads and open file descriptors of the server process, and
-        how many processes it has started (training workers) with their RSS."""
-        pid = self.proc.pid
-        out: dict[str, Any] = {"t": round(time.monotonic(), 3)}
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-            out["rss_mib"] = round(int(_field(status, "VmRSS").split()[0]) / 1024, 1)
-            out["threads"] = int(_field(status, "Threads"))
-            out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
-        except (FileNotFoundError, ProcessLookupError):
-            return out
-        children = _children(pid)
-        out["children"] = len(children)
-        child_rss = 0
-        for child in children:
-            try:
-                status = Path(f"/proc/{child}/status").read_text()
-                child_rss += int(_field(status, "VmRSS").split()[0])
-            except (FileNotFoundError, ValueError, IndexError):
-                pass
-        out["children_rss_mib"] = round(child_rss / 1024, 1)
+def server_stats(pid: int) -> dict[str, Any]:
+    """RSS (MiB), threads and open file descriptors of the server process, and
+    how many processes it has started (training workers) with their RSS."""
+    out: dict[str, Any] = {"t": round(time.monotonic(), 3)}
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        out["rss_mib"] = round(int(_field(status, "VmRSS").split()[0]) / 1024, 1)
+        out["threads"] = int(_field(status, "Threads"))
+        out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+    except (FileNotFoundError, ProcessLookupError):
         return out
-
-    def terminate(self, timeout: float = 60) -> tuple[int | None, float]:
-        """SIGTERM; the exit code (None if it had to be killed) and the seconds it took."""
-        start = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
+    children = _children(pid)
+    out["children"] = len(children)
+    child_rss = 0
+    for child in children:
         try:
-            code: int | None = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            code = None
-        return code, time.monotonic() - start
+            status = Path(f"/proc/{child}/status").read_text()
+            child_rss += int(_field(status, "VmRSS").split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            pass
+    out["children_rss_mib"] = round(child_rss / 1024, 1)
+    return out
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        self._log.close()
+
+def terminate(server: ServerProcess, timeout: float = 60) -> tuple[int | None, float]:
+    """SIGTERM; the exit code (None if it did not exit in time) and the seconds it took."""
+    start = time.monotonic()
+    try:
+        code: int | None = server.terminate(signal.SIGTERM, timeout)
+    except subprocess.TimeoutExpired:
+        code = None
+    return code, time.monotonic() - start
 
 
 def _field(status: str, name: str) -> str:
@@ -403,9 +358,9 @@ def canceller(client: Client, model: Model, rec: Record, stop: threading.Event) 
                 rec.error("deadline", exc)
 
 
-def sampler(server: Server, rec: Record, stop: threading.Event, window: float) -> None:
+def sampler(server: ServerProcess, rec: Record, stop: threading.Event, window: float) -> None:
     while not stop.wait(window):
-        rec.samples.append(server.stats())
+        rec.samples.append(server_stats(server.pid))
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -546,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         home = args.home or Path(tmp) / "home"
         home.mkdir(parents=True, exist_ok=True)
-        server = Server(home, ["--device", "cpu", "--log-level", "WARNING", *args.server_arg])
+        server = start_server(home, ["--log-level", "WARNING", *args.server_arg])
         try:
             return run(server, args)
         finally:
@@ -555,8 +510,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"(server log was {server.log_path}, removed with the temporary home)")
 
 
-def run(server: Server, args: Any) -> int:
-    print(f"server {server.target} pid {server.proc.pid}; training the first version ...")
+def run(server: ServerProcess, args: Any) -> int:
+    print(f"server {server.target} pid {server.pid}; training the first version ...")
     client = Client(server.target, timeout=60)
     job = client.start_training(
         MODEL, "logistic_regression", "builtin:iris", aliases=["production"]
@@ -591,7 +546,7 @@ def run(server: Server, args: Any) -> int:
     threads.append(
         threading.Thread(target=sampler, args=(server, rec, stop, args.window), daemon=True)
     )
-    start_stats = server.stats()
+    start_stats = server_stats(server.pid)
     print(f"load for {args.duration:g} s: {json.dumps(start_stats)}")
     rec.start = time.monotonic()
     for t in threads:
@@ -602,11 +557,11 @@ def run(server: Server, args: Any) -> int:
         stop.set()
         for t in threads:
             t.join(60)
-    end_stats = server.stats()
+    end_stats = server_stats(server.pid)
     health = client.health()
     for c in (*clients, client):
         c.close()
-    code, stop_s = server.terminate(timeout=60)
+    code, stop_s = terminate(server, timeout=60)
     out = server.output()
     result = report(rec, start_stats, end_stats, args)
     result.update(

@@ -1,20 +1,16 @@
 """Shared fixtures: the real server on port 0, as a subprocess, with a temporary home.
 
-Servers run as subprocesses (``highpeaks-ml serve``), the way users run them.
-An in-process grpc.aio server on a background thread's event loop can block
-in ``server.stop()`` after a streaming RPC ended with INTERNAL/UNAVAILABLE
-(seen with grpcio 1.85; the main-thread loop that ``serve`` uses is not
-affected), so the suite does not host servers on threads.
+Servers run as subprocesses (``highpeaks-ml serve``), the way users run them,
+started by ``highpeaks_ml.launcher.ServerProcess`` (re-exported here: tests
+import it from ``tests.conftest``). An in-process grpc.aio server on a
+background thread's event loop can block in ``server.stop()`` after a
+streaming RPC ended with INTERNAL/UNAVAILABLE (seen with grpcio 1.85; the
+main-thread loop that ``serve`` uses is not affected), so the suite does not
+host servers on threads.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +19,9 @@ import grpc
 import pytest
 
 from highpeaks_ml.config import Settings
+from highpeaks_ml.launcher import ServerProcess
+
+__all__ = ["ROOT", "ServerProcess", "make_settings"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,66 +45,6 @@ def home(tmp_path: Path) -> Path:
     d = tmp_path / "home"
     d.mkdir()
     return d
-
-
-class ServerProcess:
-    """``highpeaks-ml serve`` as a subprocess on a free port."""
-
-    LISTEN = re.compile(r"listening address=\S+:(\d+)")
-
-    def __init__(self, home: Path, *extra: str, env: dict[str, str] | None = None) -> None:
-        self.log_path = home.parent / f"server-{time.monotonic_ns()}.log"
-        self._log = open(self.log_path, "w+b")  # noqa: SIM115 - closed in stop()
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "highpeaks_ml.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--home",
-                str(home),
-                "--device",
-                "cpu",
-                *extra,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-        )
-        self.port = self._wait_port()
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def _wait_port(self, timeout: float = 120) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = self.LISTEN.search(self.output())
-            if m and "ready" in self.output():
-                return int(m.group(1))
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.output()}")
-            time.sleep(0.05)
-        raise TimeoutError(f"server did not become ready:\n{self.output()}")
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def terminate(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        self._log.close()
 
 
 @pytest.fixture
