@@ -43,7 +43,12 @@ VALUE_FIELDS = {
     "bool": "bool_values",
     "string": "string_values",
 }
-_ALL_VALUE_FIELDS = frozenset(VALUE_FIELDS.values())
+#: The typed value fields in field-number order (the first one set is named in errors).
+_VALUE_FIELD_ORDER = tuple(
+    sorted(
+        VALUE_FIELDS.values(), key=lambda n: common_pb2.Tensor.DESCRIPTOR.fields_by_name[n].number
+    )
+)
 _OUTPUT_KINDS = {
     predict_pb2.OUTPUT_KIND_LABELS: "labels",
     predict_pb2.OUTPUT_KIND_PROBABILITIES: "probabilities",
@@ -66,9 +71,13 @@ def tensor_from_proto(t: common_pb2.Tensor, where: str = "tensor") -> TensorInpu
     dtype = DTYPE_NAMES.get(t.data_type, "")
     if t.data_type and not dtype:
         raise InvalidArgument(f"{where}.data_type: unknown value {t.data_type}")
-    present = [f.name for f, _ in t.ListFields() if f.name in _ALL_VALUE_FIELDS]
+    # Not ListFields(), and raw_data read once: every read of a bytes field
+    # copies it out of the message (ListFields() too), which for a large raw
+    # tensor cost more than running the model (docs/serving.md).
+    present = [name for name in _VALUE_FIELD_ORDER if len(getattr(t, name))]
+    raw = t.raw_data
     if present:
-        if t.raw_data:
+        if raw:
             raise InvalidArgument(f"{where}: give either raw_data or {present[0]}, not both")
         if len(present) > 1 or (dtype and present[0] != VALUE_FIELDS[dtype]):
             expected = VALUE_FIELDS.get(dtype, "the field of data_type")
@@ -78,7 +87,7 @@ def tensor_from_proto(t: common_pb2.Tensor, where: str = "tensor") -> TensorInpu
             )
         values: Sequence[Any] | None = getattr(t, present[0])
         return TensorInput(dtype, tuple(t.shape), values=values)
-    return TensorInput(dtype, tuple(t.shape), raw=t.raw_data)
+    return TensorInput(dtype, tuple(t.shape), raw=raw)
 
 
 def _value(v: Any) -> Any:
@@ -228,9 +237,9 @@ def tensor_to_numpy(t: common_pb2.Tensor) -> np.ndarray:
         raise ValueError(f"tensor has no data_type ({t.data_type})")
     shape = tuple(t.shape)
     if dtype == "string":
-        if t.raw_data:
+        raw = t.raw_data
+        if raw:
             items = []
-            raw = t.raw_data
             pos = 0
             while pos < len(raw):
                 (n,) = struct.unpack_from("<I", raw, pos)
@@ -242,8 +251,9 @@ def tensor_to_numpy(t: common_pb2.Tensor) -> np.ndarray:
         arr[:] = items
         return arr.reshape(shape)
     np_dtype = np.dtype(dtype).newbyteorder("<")
-    if t.raw_data:
-        return np.frombuffer(t.raw_data, dtype=np_dtype).reshape(shape)
+    raw = t.raw_data  # one copy out of the message, not one per read
+    if raw:
+        return np.frombuffer(raw, dtype=np_dtype).reshape(shape)
     values = getattr(t, VALUE_FIELDS[dtype])
     return np.fromiter(values, dtype=np_dtype, count=len(values)).reshape(shape)
 
