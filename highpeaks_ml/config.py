@@ -146,6 +146,16 @@ class Settings(BaseSettings):
         "measured as it serves); 0 = always the thread pool.",
     )
 
+    # docs/serving.md "Memory allocator": with glibc's defaults each large
+    # request page-faulted fresh memory (10,000-row requests: 1.8x rows/s kept).
+    keep_freed_memory_mb: int = Field(
+        256,
+        ge=0,
+        description="Freed memory (MiB) the server keeps for reuse instead of returning it "
+        "to the OS at once, so large requests do not page-fault fresh memory each time "
+        "(glibc; any MALLOC_* variable set takes precedence). 0 = the C library's defaults.",
+    )
+
     # --- training ----------------------------------------------------------
     training_workers: int = Field(
         1,

@@ -22,7 +22,11 @@ What it does:
    - requests/s at batch 1 with 16 concurrent callers, unary and over the
      bidirectional stream (16 streams, one request in flight each), with
      dynamic batching off, on with a 500 µs delay, and on with delay 0
-     (opportunistic), each on a fresh server, with the single-caller p50.
+     (opportunistic), each on a fresh server, with the single-caller p50;
+   - two defaults against a second server started without them, calls
+     interleaved: small runs on the event loop (``--inline-inference-us``,
+     batch-1 p50) and keeping freed memory (``--keep-freed-memory-mb``,
+     rows/s at batch 10,000).
 
 Clients send pre-serialised request bytes and do not parse the answers
 (identity serializers), for the server and the echo alike, so the
@@ -269,6 +273,64 @@ def _batch1(target: str, req: bytes, n: int) -> list[float]:
         ch.close()
 
 
+def _ab_rows(
+    home: Path,
+    models: dict[str, tuple[bytes, np.ndarray, Any]],
+    requests1: dict[str, bytes],
+    lat_n: int,
+    big_rounds: int,
+) -> list[tuple[str, ...]]:
+    """Two defaults measured against a server started without them, calls interleaved:
+    small runs on the event loop (batch-1 p50) and keeping freed memory (batch 10,000)."""
+    rows: list[tuple[str, ...]] = []
+    pairs = {
+        "inline": ((), ("--inline-inference-us", "0")),
+        "memory": ((), ("--keep-freed-memory-mb", "0")),
+    }
+    for kind, (with_it, without_it) in pairs.items():
+        servers = [_server(home / f"ab-{kind}-on", *with_it)]
+        try:
+            servers.append(_server(home / f"ab-{kind}-off", *without_it))
+            for srv in servers:
+                _import(srv.target, models)
+            for name, (_, X, _) in models.items():
+                calls = [_unary(srv.target, PREDICT) for srv in servers]
+                if kind == "inline":
+                    req, n, per = requests1[name], lat_n // 3, 100
+                else:
+                    xb = np.resize(X, (10_000, N_FEATURES)).astype(np.float32)
+                    req, n, per = _request(name, xb), big_rounds, 5
+                times: list[list[float]] = [[], []]
+                for _ in range(max(1, n // per)):  # interleaved: noise hits both alike
+                    for i, (_, call) in enumerate(calls):
+                        times[i] += _latencies(call, req, per)
+                for ch, _ in calls:
+                    ch.close()
+                on, off = (statistics.median(t) for t in times)
+                if kind == "inline":
+                    rows.append(
+                        (
+                            f"{name}: batch-1 unary p50, small runs on the event loop (default)",
+                            _fmt_us(on),
+                            f"--inline-inference-us 0 {_fmt_us(off)}",
+                            f"{off / on:.2f}x faster",
+                        )
+                    )
+                else:
+                    rows.append(
+                        (
+                            f"{name}: rows/s at batch 10,000, freed memory kept (default)",
+                            f"{10_000 / on:,.0f}",
+                            f"--keep-freed-memory-mb 0 {10_000 / off:,.0f}",
+                            f"{off / on:.2f}x",
+                        )
+                    )
+        finally:
+            for srv in servers:
+                srv.stop(grace_s=20)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter rounds (~40 s)")
@@ -379,6 +441,9 @@ def main() -> int:
             )
     finally:
         server.stop(grace_s=20)
+
+    # --- two defaults, each against the server without it (A/B, same run) ----
+    rows += _ab_rows(home, models, requests1, lat_n, big_rounds)
 
     # --- concurrency: batching off, on (default delay), on (delay 0) ----------
     configs = {

@@ -32,6 +32,7 @@ from highpeaks_ml.api.interceptors import (
     MalformedRequestInterceptor,
 )
 from highpeaks_ml.config import AuthMode, ConfigError, Settings
+from highpeaks_ml.memory import keep_freed_memory
 from highpeaks_ml.v1 import predict_pb2, registry_pb2, train_pb2
 
 log = logging.getLogger("highpeaks_ml.server")
@@ -391,6 +392,9 @@ def _health_only_server(
 
 async def serve(settings: Settings) -> int:
     """Run the server until SIGTERM or SIGINT; return the exit code."""
+    # Process-wide, so here (the process is a server) and not in create_server.
+    allocator = keep_freed_memory(settings.keep_freed_memory_mb * 1024 * 1024)
+    log.info("memory allocator: %s", allocator)
     server, _port = await create_server(settings)
     loop = asyncio.get_running_loop()
     stop_task: list[asyncio.Task[None]] = []
