@@ -70,7 +70,10 @@ class Lifecycle:
             return True
         self._idle = asyncio.Event()
         try:
-            await asyncio.wait_for(self._idle.wait(), max(0.0, limit_s))
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
+            # a cancellation that arrives as the event is set.
+            async with asyncio.timeout(max(0.0, limit_s)):
+                await self._idle.wait()
         except TimeoutError:
             return False
         finally:
