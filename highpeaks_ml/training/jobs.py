@@ -20,8 +20,11 @@ Lifecycle::
   SIGKILL) fails its job with the reason; the server keeps serving.
 - Every job is a JSON file ``<home>/jobs/<id>.json`` replaced atomically
   (temp file, fsync, rename) on each change. At start-up, jobs found RUNNING
-  were interrupted by a crash or kill of the server: they become FAILED;
-  QUEUED ones run.
+  were interrupted by a crash or kill of the server: they become FAILED,
+  except one killed while REGISTERING whose version did land in the registry
+  (found by the version's ``job_id``): it becomes SUCCEEDED with that version,
+  and any requested alias the crash left unset (missing, or on an older
+  version) is set. QUEUED ones run.
 - Watchers (``watch``) receive a snapshot of every change, in order.
 - Retention: records of ended jobs are removed once older than
   ``settings.job_retention_s`` or past the newest ``settings.max_job_records``
@@ -328,9 +331,22 @@ class JobManager:
             if job.request.idempotency_key:
                 self._idempotency[(job.created_by, job.request.idempotency_key)] = job.id
             if job.state == RUNNING:
-                job.state, job.error, job.finished_at, job.stage = FAILED, INTERRUPTED, now, ""
-                await self._save(job)
-                log.warning("job %s was interrupted by a restart: marked FAILED", job.id)
+                landed = None
+                if job.stage == REGISTERING:
+                    landed = await asyncio.to_thread(self._complete_registration, job)
+                if landed is not None:
+                    job.state, job.model_version = SUCCEEDED, landed
+                    job.error, job.finished_at, job.stage = "", now, ""
+                    await self._save(job)
+                    log.warning(
+                        "job %s was interrupted after registering version %d: marked SUCCEEDED",
+                        job.id,
+                        landed,
+                    )
+                else:
+                    job.state, job.error, job.finished_at, job.stage = FAILED, INTERRUPTED, now, ""
+                    await self._save(job)
+                    log.warning("job %s was interrupted by a restart: marked FAILED", job.id)
             elif job.state == QUEUED:
                 self._queue.append(job.id)
             if job.final:
@@ -356,6 +372,34 @@ class JobManager:
             # In the background: start-up (and health SERVING) does not wait
             # for loading the built-in data.
             self._tasks.append(asyncio.create_task(self._submit_demo(), name="training-demo"))
+
+    def _complete_registration(self, job: Job) -> int | None:
+        """The version a job interrupted while REGISTERING did publish, if any.
+
+        The registry commits a version (rename) before it writes the aliases,
+        so a crash in between leaves the version without them: each requested
+        alias that is missing or points at an older version is set now (one
+        on a newer version was moved there since, and stays).
+        """
+        try:
+            info = self.registry.get_model(job.model_name)
+        except NotFound:
+            return None
+        landed = next((v.version for v in info.versions if v.job_id == job.id), None)
+        if landed is None:
+            return None
+        for alias in job.request.aliases:
+            current = info.aliases.get(alias)
+            if current is None or current < landed:
+                self.registry.set_alias(job.model_name, alias, landed)
+                log.warning(
+                    "job %s: alias %r of model %s set to version %d after a restart",
+                    job.id,
+                    alias,
+                    job.model_name,
+                    landed,
+                )
+        return landed
 
     def _prepare_dirs(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,44 @@ def test_serving_only_server_leaves_the_trainers_jobs_alone(tmp_path, run):
     run(scenario())
     assert json.loads(record.read_text())["state"] == RUNNING
     assert (home / "tmp" / "job-live.onnx").exists()
+
+
+def test_a_job_killed_after_its_version_landed_is_recovered_as_succeeded(tmp_path, run):
+    """Killed while REGISTERING: the version may have been committed (and its
+    aliases not yet written). At start-up such a job becomes SUCCEEDED with
+    its version and the aliases it asked for are completed; one without a
+    landed version is FAILED as interrupted."""
+    from highpeaks_ml.registry.local import LocalModelStore
+    from highpeaks_ml.training.jobs import SUCCEEDED
+    from tests.support import serving_models as sm
+
+    home = tmp_path / "home"
+    (home / "jobs").mkdir(parents=True)
+    store = LocalModelStore(home)
+    store.start()
+    iris = sm.iris_logreg()
+    store.publish("m", iris.onnx, iris.meta, aliases=("production",))  # v1, older
+    store.publish("m", iris.onnx, replace(iris.meta, job_id="landed"))  # v2: the job's
+    store.publish("m", iris.onnx, iris.meta, aliases=("canary",))  # v3, newer
+    for job_id in ("landed", "lost"):
+        record = _record(job_id, RUNNING, "m")
+        record["stage"] = "REGISTERING"
+        record["request"]["aliases"] = ["production", "canary", "staging"]
+        (home / "jobs" / f"{job_id}.json").write_text(json.dumps(record))
+    manager = JobManager(make_settings(home), store, DatasetStore(home))
+
+    async def scenario():
+        await manager.start()
+        try:
+            return manager.get("landed"), manager.get("lost")
+        finally:
+            await manager.begin_shutdown()
+            await manager.close()
+
+    landed, lost = run(scenario())
+    assert landed.state == SUCCEEDED and landed.model_version == 2 and not landed.error
+    assert lost.state == FAILED and "interrupted by a server restart" in lost.error
+    # Missing and older aliases completed; the one moved to a newer version stays.
+    assert store.get_model("m").aliases == {"production": 2, "staging": 2, "canary": 3}
+    on_disk = json.loads((home / "jobs" / "landed.json").read_text())
+    assert on_disk["state"] == SUCCEEDED and on_disk["model_version"] == 2
