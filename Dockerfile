@@ -40,7 +40,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 # CUDA 13 and cuDNN 9 user-space libraries for onnxruntime's CUDA provider
 # (about 1.25 GiB of wheels, 2 GiB installed). The onnxruntime-gpu version
-# stays the one in constraints.txt.
+# stays the one in constraints.txt, and so do the NVIDIA wheels (pinned there
+# by scripts/pin_cuda_libs.py, which `make lock` runs).
 RUN if [ "$WITH_CUDA_LIBS" = "true" ]; then \
         ort="$(grep -i '^onnxruntime-gpu==' constraints.txt)" \
         && pip install --no-cache-dir --constraint constraints.txt "onnxruntime-gpu[cuda,cudnn]==${ort#*==}"; \

@@ -51,11 +51,12 @@ deploy-check: $(STAMP) ## render + validate the k8s overlays offline, lint Docke
 bench: $(STAMP) ## serving benchmark on loopback (prints ratios against baselines)
 	$(PY) scripts/bench_serving.py
 
-lock: ## re-pin constraints.txt from a fresh resolution of pyproject.toml
+lock: ## re-pin constraints.txt from a fresh resolution of pyproject.toml (+ the image's CUDA wheels)
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
 	.lockenv/bin/pip install --quiet --upgrade pip
 	.lockenv/bin/pip install --quiet '.[dev]'
 	.lockenv/bin/pip freeze --exclude-editable --exclude highpeaks-ml | sort > constraints.txt
+	.lockenv/bin/python scripts/pin_cuda_libs.py
 	rm -rf .lockenv
 
 clean: ## remove the venv, caches and ./var

@@ -800,3 +800,33 @@ def test_dev_jwt_script_makes_keys_the_server_settings_accept(tmp_path, monkeypa
     assert claims["scope"] == "ml:predict ml:train" and claims["exp"] > claims["iat"]
     with pytest.raises(jwt.InvalidAudienceError):
         jwt.decode(token, keys[kid].key, algorithms=["ES256"], audience="other")
+
+
+def test_the_images_cuda_wheels_are_pinned_in_constraints():
+    """Every package onnxruntime-gpu's cuda/cudnn extras name is pinned, so two
+    builds of one commit ship the same CUDA libraries (scripts/pin_cuda_libs.py)."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    text = (ROOT / "constraints.txt").read_text()
+    pinned = {}
+    for line in text.splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            pinned[re.sub(r"[-_.]+", "-", name).lower()] = version
+    try:
+        requires = importlib.metadata.requires("onnxruntime-gpu") or []
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("onnxruntime-gpu is not installed here")
+    wanted = []
+    for spec in requires:
+        req = Requirement(spec)
+        if req.marker and any(req.marker.evaluate({"extra": e}) for e in ("cuda", "cudnn")):
+            wanted.append(req)
+    assert len(wanted) >= 5
+    for req in wanted:
+        name = re.sub(r"[-_.]+", "-", req.name).lower()
+        assert name in pinned, f"{name} is not pinned in constraints.txt (make lock)"
+        assert req.specifier.contains(pinned[name]), (name, pinned[name], str(req.specifier))
+    assert "scripts/pin_cuda_libs.py" in (ROOT / "Makefile").read_text()
