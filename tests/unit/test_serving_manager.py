@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -437,9 +439,6 @@ class ThreadRecordingSession:
         self.threads: list[int] = []
 
     def run(self, *args, **kwargs):
-        import threading
-        import time
-
         self.threads.append(threading.get_ident())
         if self.delay_s:
             time.sleep(self.delay_s)
@@ -456,18 +455,20 @@ async def _recording(m: ModelManager, delay_s: float = 0.0) -> ThreadRecordingSe
     return rec
 
 
-def test_small_cheap_runs_move_onto_the_event_loop_after_probation(store, tmp_path):
-    import threading
+async def _one_row_predictions(m: ModelManager, count: int) -> None:
+    for _ in range(count):
+        pred = await m.predict(iris_query(n=1))
+        assert len(pred.labels) == 1
 
+
+def test_small_cheap_runs_move_onto_the_event_loop_after_probation(store, tmp_path):
     async def main():
         # A limit no run on any machine misses, so the test is about the rule.
         m = await started(store, tmp_path, inline_inference_us=1_000_000)
         try:
             rec = await _recording(m)
             loop_thread = threading.get_ident()
-            for _ in range(manager_mod._INLINE_PROBATION + 3):
-                pred = await m.predict(iris_query(n=1))
-                assert len(pred.labels) == 1
+            await _one_row_predictions(m, manager_mod._INLINE_PROBATION + 3)
             first = rec.threads[: manager_mod._INLINE_PROBATION]
             after = rec.threads[manager_mod._INLINE_PROBATION :]
             assert loop_thread not in first  # measured in the thread pool first
@@ -482,14 +483,11 @@ def test_small_cheap_runs_move_onto_the_event_loop_after_probation(store, tmp_pa
 
 
 def test_inline_off_with_zero_and_with_a_batching_delay(store, tmp_path):
-    import threading
-
     async def main(**settings):
         m = await started(store, tmp_path, **settings)
         try:
             rec = await _recording(m)
-            for _ in range(manager_mod._INLINE_PROBATION + 3):
-                await m.predict(iris_query(n=1))
+            await _one_row_predictions(m, manager_mod._INLINE_PROBATION + 3)
             return rec.threads, threading.get_ident()
         finally:
             await m.close()
@@ -503,21 +501,17 @@ def test_inline_off_with_zero_and_with_a_batching_delay(store, tmp_path):
 
 
 def test_a_version_that_turns_slow_goes_back_to_the_thread_pool(store, tmp_path):
-    import threading
-
     async def main():
         m = await started(store, tmp_path, inline_inference_us=20_000)
         try:
             rec = await _recording(m)
             loop_thread = threading.get_ident()
-            for _ in range(manager_mod._INLINE_PROBATION + 1):
-                await m.predict(iris_query(n=1))
+            await _one_row_predictions(m, manager_mod._INLINE_PROBATION + 1)
             assert rec.threads[-1] == loop_thread
             rec.delay_s = 0.1  # five times the limit: one such run is enough
-            await m.predict(iris_query(n=1))
+            await _one_row_predictions(m, 1)
             rec.threads.clear()
-            for _ in range(3):
-                await m.predict(iris_query(n=1))
+            await _one_row_predictions(m, 3)
             assert rec.threads and loop_thread not in rec.threads
         finally:
             await m.close()
