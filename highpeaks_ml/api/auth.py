@@ -104,6 +104,7 @@ METHOD_SCOPES: dict[str, str] = {
     _OIP_SVC + "ServerMetadata": PREDICT,
     _OIP_SVC + "ModelMetadata": PREDICT,
     _OIP_SVC + "ModelInfer": PREDICT,
+    _OIP_SVC + "ModelStreamInfer": PREDICT,
     _OIP_SVC + "ModelStatistics": PREDICT,
     _OIP_SVC + "RepositoryIndex": PREDICT,
     # ... and the repository changes.

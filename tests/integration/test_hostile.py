@@ -61,6 +61,7 @@ from tests.support.hostile import (
     open_fds,
     seed,
     snapshot,
+    status_of,
     unchanged,
     versions_of,
 )
@@ -594,6 +595,9 @@ def test_malformed_message_in_the_middle_of_streams(srv):
     garbage = MALFORMED["truncated length-delimited field"]
     cases = {
         "/highpeaks_ml.v1.PredictService/PredictStream": [good_predict().SerializeToString()],
+        "/inference.GRPCInferenceService/ModelStreamInfer": [
+            _infer(typed=FOUR).SerializeToString()
+        ],
         "/highpeaks_ml.v1.ModelRegistryService/ImportModel": [
             registry_pb2.ImportModelRequest(
                 info=registry_pb2.ImportModelInfo(model_name="midstream")
@@ -689,6 +693,30 @@ def test_oip_model_infer_hostile_inputs(srv, case):
     req, code = OIP_BAD[case]
     stub = service_pb2_grpc.GRPCInferenceServiceStub(srv.stubs.channel)
     srv.refused(lambda s: stub.ModelInfer(req, timeout=30), code)
+
+
+def test_oip_hostile_inputs_inside_one_stream(srv):
+    """The same requests over one ModelStreamInfer: each answered in order with an
+    in-stream error_message equal to ModelInfer's status details, the response naming
+    its request; the stream goes on to the good one at the end."""
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(srv.stubs.channel)
+    requests = []
+    for i, (req, _code) in enumerate(OIP_BAD.values()):
+        copy = service_pb2.ModelInferRequest()
+        copy.CopyFrom(req)
+        copy.id = str(i)
+        requests.append(copy)
+    last = _infer(typed=FOUR)
+    last.id = "good"
+    with unchanged(srv.home):
+        out = list(stub.ModelStreamInfer(iter([*requests, last]), timeout=60))
+    assert [o.infer_response.id for o in out] == [r.id for r in requests] + ["good"]
+    for req, o in zip(requests, out, strict=False):
+        _code, details = status_of(lambda req=req: stub.ModelInfer(req, timeout=30))
+        assert o.error_message and o.error_message == details, (req.id, o.error_message)
+        assert str(srv.home) not in o.error_message and "Traceback" not in o.error_message
+    assert out[-1].error_message == "" and out[-1].infer_response.outputs
+    assert_serves(srv.stubs)
 
 
 def test_oip_repository_calls_with_hostile_names(srv):

@@ -11,6 +11,7 @@ grpcurl's JSON.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -18,8 +19,9 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -27,6 +29,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import highpeaks_ml
+from highpeaks_ml.api import oip_messages as msgs
 from highpeaks_ml.client import Client
 from highpeaks_ml.registry.local import LocalModelStore
 from tests.conftest import ROOT, ServerProcess
@@ -37,6 +40,7 @@ tc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 INVALID = "StatusCode.INVALID_ARGUMENT"
 NOT_FOUND = "StatusCode.NOT_FOUND"
 UNAVAILABLE = "StatusCode.UNAVAILABLE"
@@ -387,6 +391,156 @@ def test_error_statuses(server, client, stub):
     assert "not a valid ModelInferRequest" in err.value.details()
 
 
+# --- ModelStreamInfer ------------------------------------------------------------------
+
+
+def stream(
+    target: str, send: Callable[[Any], None], headers: dict[str, str] | None = None
+) -> list[tuple[Any, Any]]:
+    """``send(client)`` on a fresh tritonclient stream: every (result, error) its
+    callback received, in arrival order (one reader thread calls it)."""
+    answers: list[tuple[Any, Any]] = []
+    client = tc.InferenceServerClient(target)
+    try:
+        client.start_stream(lambda result, error: answers.append((result, error)), headers=headers)
+        send(client)
+        client.stop_stream()  # half-closes, then waits for every answer
+    finally:
+        client.close()
+    return answers
+
+
+def test_stream_infer_answers_in_order_as_model_infer_does(server, client):
+    iris, reg = sm.iris_logreg(), sm.linear_regressor()
+    calls = [
+        ("iris", "1", iris.X[:1]),
+        ("iris", "3", iris.X[10:25]),
+        ("prices", "", reg.X),
+        ("iris", "production", iris.X[50:52]),
+        ("iris", "", iris.X[100:150]),
+    ]
+
+    def send(c) -> None:
+        for i, (model, version, X) in enumerate(calls):
+            c.async_stream_infer(
+                model, [infer_input("input", X, "FP32")], version, request_id=f"s{i}"
+            )
+
+    answers = stream(server.target, send)
+    assert len(answers) == len(calls)
+    for i, ((model, version, X), (result, error)) in enumerate(zip(calls, answers, strict=True)):
+        assert error is None, error
+        resp = result.get_response()
+        unary = client.infer(model, [infer_input("input", X, "FP32")], version)
+        expected = unary.get_response()
+        assert (resp.model_name, resp.model_version, resp.id) == (
+            model,
+            expected.model_version,
+            f"s{i}",
+        )
+        assert [(o.name, o.datatype, list(o.shape)) for o in resp.outputs] == [
+            (o.name, o.datatype, list(o.shape)) for o in expected.outputs
+        ]
+        assert len(resp.raw_output_contents) == len(resp.outputs)  # raw in, raw out
+        for o in expected.outputs:
+            np.testing.assert_allclose(result.as_numpy(o.name), unary.as_numpy(o.name), atol=1e-6)
+        assert resp.parameters["triton_final_response"].bool_param  # as Triton's
+    np.testing.assert_array_equal(
+        answers[1][0].as_numpy("label"), sm.iris_logreg(c=0.1).estimator.predict(iris.X[10:25])
+    )
+
+
+def test_stream_errors_are_answered_in_stream_and_the_stream_goes_on(server, client):
+    X = sm.iris_logreg().X[:3]
+    short = infer_input("input", X, "FP32")
+    short.set_shape([4, 4])
+    calls: list[tuple[str, list[Any]]] = [
+        ("iris", [infer_input("input", X, "FP32")]),
+        ("nope", [infer_input("input", X, "FP32")]),  # unknown model
+        ("iris", [infer_input("input", X[:, :3], "FP32")]),  # wrong shape: 3 features
+        ("iris", [infer_input("input", X, "FP32")]),
+        ("iris", [short]),  # shape vs bytes
+        ("broken", [infer_input("input", X, "FP32")]),  # a version that cannot load
+        ("iris", [infer_input("input", X, "FP32")]),
+    ]
+
+    def send(c) -> None:
+        for i, (model, inputs) in enumerate(calls):
+            c.async_stream_infer(model, inputs, request_id=f"e{i}")
+
+    answers = stream(server.target, send)
+    assert len(answers) == len(calls)
+    expected_label = sm.iris_logreg(c=0.1).estimator.predict(X)
+    for i, ((model, inputs), (result, error)) in enumerate(zip(calls, answers, strict=True)):
+        if i in (0, 3, 6):
+            assert error is None, (i, error)
+            assert result.get_response().id == f"e{i}"
+            np.testing.assert_array_equal(result.as_numpy("label"), expected_label)
+            continue
+        assert result is None and isinstance(error, InferenceServerException), (i, result)
+        # the message ModelInfer gives as its status details for the same request
+        with pytest.raises(InferenceServerException) as unary:
+            client.infer(model, inputs)
+        assert error.message() == unary.value.message(), i
+    assert answers[1][1].message() == "model 'nope' not found"
+    assert "inputs['input'].shape[1]: 3 features given" in answers[2][1].message()
+    assert "raw_input_contents[0]: 48 bytes but shape [4, 4]" in answers[4][1].message()
+    assert "sha256" in answers[5][1].message()
+
+
+def test_stream_typed_with_the_servers_own_messages(server):
+    """No tritonclient: the stream over a plain channel with the message classes of
+    highpeaks_ml.api.oip_messages; typed contents in, typed out; more requests than
+    the stream's window; the error's response names its request; then a client
+    that walks away mid-stream."""
+    exp = sm.iris_logreg()
+    n = 150
+
+    def request(i: int) -> Any:
+        req = msgs.ModelInferRequest(
+            model_name="nope" if i % 10 == 3 else "iris", model_version="1", id=str(i)
+        )
+        rows = exp.X[i % 100 : i % 100 + 2]
+        tensor = req.inputs.add(name="input", datatype="FP32", shape=list(rows.shape))
+        tensor.contents.fp32_contents.extend(rows.reshape(-1).tolist())
+        return req
+
+    with grpc.insecure_channel(server.target) as ch:
+        call = ch.stream_stream(
+            STREAM,
+            request_serializer=msgs.ModelInferRequest.SerializeToString,
+            response_deserializer=msgs.ModelStreamInferResponse.FromString,
+        )
+        answers = list(call((request(i) for i in range(n)), timeout=120))
+        assert [a.infer_response.id for a in answers] == [str(i) for i in range(n)]
+        for i, a in enumerate(answers):
+            if i % 10 == 3:
+                assert a.error_message == "model 'nope' not found"
+                assert not a.infer_response.outputs
+                continue
+            assert a.error_message == "", (i, a.error_message)
+            resp = a.infer_response
+            assert resp.model_version == "1" and not resp.raw_output_contents
+            label = next(o for o in resp.outputs if o.name == "label")
+            expected = exp.estimator.predict(exp.X[i % 100 : i % 100 + 2])
+            assert list(label.contents.int64_contents) == expected.tolist()
+
+        # A client that stops reading and cancels with requests still coming.
+        def forever() -> Iterator[Any]:
+            i = 0
+            while True:
+                yield request(i * 10)  # all good
+                i += 1
+
+        walkaway = call(forever(), timeout=60)
+        for _ in range(3):
+            assert next(walkaway).error_message == ""
+        walkaway.cancel()
+        # the server serves on
+        again = list(call(iter([request(0)]), timeout=30))
+        assert [a.infer_response.id for a in again] == ["0"]
+
+
 # --- repository and statistics -----------------------------------------------------
 
 
@@ -481,6 +635,17 @@ def test_grpcurl_lists_the_service_and_infers_with_json(server):
     services = set(listing.stdout.split())
     assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= services
     assert "highpeaks_ml.v1.PredictService" in services
+    described = subprocess.run(
+        [_grpcurl(), "-plaintext", server.target, "describe", "inference.GRPCInferenceService"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert described.returncode == 0, described.stderr
+    assert (
+        "rpc ModelStreamInfer ( stream .inference.ModelInferRequest )"
+        " returns ( stream .inference.ModelStreamInferResponse )"
+    ) in described.stdout
     exp = sm.iris_logreg()
     request = {
         "model_name": "iris",
@@ -532,6 +697,25 @@ def test_the_documented_snippet_runs(server, capsys):
         np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
     )
     assert out.rstrip().endswith(str(expected.tolist()))
+
+
+def test_the_documented_stream_snippet_runs(server, capsys):
+    """docs/oip.md's streaming example works as written and prints what it says."""
+    text = (ROOT / "docs" / "oip.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    (code,) = [b for b in blocks if "start_stream" in b]
+    assert '"127.0.0.1:50051"' in code
+    code = code.replace('"127.0.0.1:50051"', repr(server.target))
+    exec(compile(code, "docs/oip.md", "exec"), {})  # our own documentation
+    labels = sm.iris_logreg(c=0.1).estimator.predict(  # the latest iris here
+        np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+    )
+    assert labels.tolist() == [0, 2]  # as the snippet's comment says
+    assert capsys.readouterr().out.splitlines() == [
+        "r0 [0 2]",
+        "error: model 'nope' not found",
+        "r2 [0 2]",
+    ]
 
 
 # --- batching, statistics across both front doors --------------------------------------
@@ -650,3 +834,26 @@ def test_auth_scopes_and_metrics(secured):
         assert _metric(port, "highpeaks_ml_predicted_rows_total", model="iris", version="3") == 5
     finally:
         client.close()
+
+
+def test_stream_needs_the_predict_scope_and_is_counted(secured):
+    proc, port = secured
+    X = sm.iris_logreg().X[:4]
+
+    def send(c) -> None:
+        # When the refusal came first, tritonclient refuses to send on the stream.
+        with contextlib.suppress(InferenceServerException):
+            c.async_stream_infer("iris", [infer_input("input", X, "FP32")], "1", request_id="a")
+
+    for headers, code, fragment in (
+        (None, "StatusCode.UNAUTHENTICATED", "missing credentials"),
+        (_bearer("ml:admin"), "StatusCode.PERMISSION_DENIED", "ml:predict"),
+    ):
+        ((result, error),) = stream(proc.target, send, headers)
+        assert result is None and error.status() == code, (error.status(), error.message())
+        assert fragment in error.message()
+    ((result, error),) = stream(proc.target, send, _bearer("ml:predict"))
+    assert error is None and result.get_response().id == "a"
+    np.testing.assert_array_equal(result.as_numpy("label"), sm.iris_logreg().estimator.predict(X))
+    for code in ("OK", "UNAUTHENTICATED", "PERMISSION_DENIED"):
+        assert _metric(port, "highpeaks_ml_rpcs_total", method=STREAM, code=code) == 1, code

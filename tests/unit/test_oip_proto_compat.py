@@ -32,6 +32,7 @@ IMPLEMENTED = {
     "ServerMetadata",
     "ModelMetadata",
     "ModelInfer",
+    "ModelStreamInfer",
     "ModelStatistics",
     "RepositoryIndex",
     "RepositoryModelLoad",
@@ -120,6 +121,56 @@ def test_messages_interoperate_on_the_wire():
     assert ours.parameters["binary_data_output"].bool_param is True
     back = service_pb2.ModelInferRequest.FromString(ours.SerializeToString())
     assert back == req
+
+
+def test_stream_responses_interoperate_on_the_wire():
+    """ModelStreamInfer's answers, as the server builds them, read by tritonclient."""
+    from highpeaks_ml.api.converters import oip as conv
+    from highpeaks_ml.errors import NotFound
+
+    assert OURS.methods_by_name["ModelStreamInfer"].output_type.full_name == (
+        "inference.ModelStreamInferResponse"
+    )
+    ok = oip_messages.ModelStreamInferResponse()
+    ok.infer_response.model_name = "m"
+    ok.infer_response.id = "r1"
+    ok.infer_response.raw_output_contents.append(b"\x01\x02")
+    theirs = service_pb2.ModelStreamInferResponse.FromString(ok.SerializeToString())
+    assert theirs.error_message == ""
+    assert (theirs.infer_response.model_name, theirs.infer_response.id) == ("m", "r1")
+    assert list(theirs.infer_response.raw_output_contents) == [b"\x01\x02"]
+
+    err = conv.stream_error(NotFound("model 'nope' not found"), "r2")
+    theirs = service_pb2.ModelStreamInferResponse.FromString(err.SerializeToString())
+    assert theirs.error_message == "model 'nope' not found"
+    assert theirs.infer_response.id == "r2"  # as Triton: names the request that failed
+    assert theirs.infer_response.parameters["triton_final_response"].bool_param is True
+    # an unexpected error: the generic message (never empty: tritonclient would
+    # take an empty error_message for a success)
+    err = conv.stream_error(RuntimeError("/secret/path"), "")
+    assert err.error_message == "internal error; see the server log for this request id"
+
+
+def test_generic_handler_serves_each_method_as_its_descriptor_declares():
+    import grpc
+
+    from highpeaks_ml.api.servicers.oip import generic_handler
+
+    handler = generic_handler(None)  # the app is only stored, never used here
+
+    class Details(grpc.HandlerCallDetails):
+        def __init__(self, method: str) -> None:
+            self.method = method
+            self.invocation_metadata = ()
+
+    for m in OURS.methods:
+        h = handler.service(Details(f"/{oip_messages.SERVICE_NAME}/{m.name}"))
+        assert (h.request_streaming, h.response_streaming) == (
+            m.client_streaming,
+            m.server_streaming,
+        ), m.name
+    stream = handler.service(Details(f"/{oip_messages.SERVICE_NAME}/ModelStreamInfer"))
+    assert stream.stream_stream is not None
 
 
 def test_nothing_of_the_protocol_is_in_the_default_pool_from_us():

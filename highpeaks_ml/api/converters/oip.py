@@ -13,20 +13,32 @@ requested by an alias (``predict``, ``predict_proba``) is returned under the
 name it was requested by. Outputs are raw (``raw_output_contents``) when the
 request's inputs were raw, typed (``contents``) when they were typed; the
 request parameter ``binary_data_output`` (bool) overrides that.
+
+ModelStreamInfer answers each request with a ``ModelStreamInferResponse``:
+the ModelInferResponse of a success, or the failure's client-facing message
+(what ModelInfer gives as its status details) in ``error_message``, with the
+request's ``id`` in ``infer_response.id``, as Triton does, so a client can
+tell which request failed. Like Triton, every stream response carries the
+response parameter ``triton_final_response: true`` (each request has exactly
+one response), which clients written for decoupled models wait for.
 """
 
 from __future__ import annotations
 
+import logging
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from highpeaks_ml.api.converters.predict import encode_strings
+from highpeaks_ml.api.errors import status_for
 from highpeaks_ml.api.oip_messages import (
     ModelInferResponse,
     ModelMetadataResponse,
     ModelStatisticsResponse,
+    ModelStreamInferResponse,
     RepositoryIndexResponse,
     ServerMetadataResponse,
 )
@@ -35,6 +47,8 @@ from highpeaks_ml.registry.base import ModelInfo, TensorSpec, VersionMeta
 from highpeaks_ml.serving.inputs import Naming, Prediction, TensorInput, TensorsInput
 from highpeaks_ml.serving.manager import PredictQuery, VersionState
 from highpeaks_ml.serving.stats import Duration, StatsSnapshot
+
+log = logging.getLogger("highpeaks_ml.api")
 
 #: The protocol's datatype names of the element types served.
 DATATYPES = {
@@ -204,11 +218,13 @@ def _output_array(arr: np.ndarray) -> tuple[str, np.ndarray]:
     return kind, arr
 
 
-def infer_response(pred: Prediction, request_id: str, raw: bool) -> Any:
-    """The ModelInferResponse of a domain ``Prediction``."""
-    resp = ModelInferResponse(
-        model_name=pred.model_name, model_version=str(pred.version), id=request_id
-    )
+def infer_response(pred: Prediction, request_id: str, raw: bool, out: Any = None) -> Any:
+    """The ModelInferResponse of a domain ``Prediction`` (written into ``out`` when given,
+    e.g. a stream response's ``infer_response``, which saves copying the outputs)."""
+    resp = ModelInferResponse() if out is None else out
+    resp.model_name = pred.model_name
+    resp.model_version = str(pred.version)
+    resp.id = request_id
     for name, produced in pred.outputs.items():
         kind, arr = _output_array(produced)
         out = resp.outputs.add(name=name, datatype=DATATYPE_OF[kind], shape=arr.shape)
@@ -225,6 +241,42 @@ def infer_response(pred: Prediction, request_id: str, raw: bool) -> Any:
         else:
             getattr(out.contents, CONTENTS_FIELDS[kind]).extend(flat.tolist())
     return resp
+
+
+# --- ModelStreamInfer ----------------------------------------------------------------
+
+
+#: The response parameter Triton sets on each stream response: true on the last
+#: (here the only) response of a request.
+FINAL_RESPONSE_PARAM = "triton_final_response"
+
+
+def stream_infer_response(pred: Prediction, request_id: str, raw: bool) -> Any:
+    """The ModelStreamInferResponse of one successful stream request: ModelInfer's answer."""
+    msg = ModelStreamInferResponse()
+    infer_response(pred, request_id, raw, msg.infer_response)
+    msg.infer_response.parameters[FINAL_RESPONSE_PARAM].bool_param = True
+    return msg
+
+
+def stream_error(exc: BaseException, request_id: str) -> Any:
+    """The ModelStreamInferResponse of one failed stream request.
+
+    ``error_message`` is the message ModelInfer would give as its status
+    details (unexpected errors: the generic one, the traceback only in the
+    log). tritonclient tells errors from results by a non-empty
+    ``error_message``, so it is never empty. ``infer_response`` carries only
+    the request's id (and the final-response flag), as Triton fills it, so
+    the failed request can be named.
+    """
+    code, message = status_for(exc)
+    if code.name == "INTERNAL":
+        # The formatted traceback, not exc_info (see api/interceptors.py).
+        trace = "".join(traceback.format_exception(exc)).rstrip()
+        log.error("unexpected error in a ModelStreamInfer request\n%s", trace)
+    resp = ModelInferResponse(id=request_id)
+    resp.parameters[FINAL_RESPONSE_PARAM].bool_param = True
+    return ModelStreamInferResponse(error_message=message or code.name, infer_response=resp)
 
 
 # --- metadata, repository, statistics ------------------------------------------------

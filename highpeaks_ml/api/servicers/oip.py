@@ -7,12 +7,15 @@ everywhere else; auth scopes and metrics come from the same interceptors.
 
 The message classes live in a private descriptor pool (``api/oip_messages.py``),
 so the service is registered with a generic handler built from them instead
-of a generated ``add_..._to_server``.
+of a generated ``add_..._to_server``; each method gets the handler kind its
+descriptor declares (ModelStreamInfer: stream-stream).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -21,6 +24,7 @@ from grpc import aio
 from highpeaks_ml import __version__
 from highpeaks_ml.api import oip_messages as msgs
 from highpeaks_ml.api.converters import oip as conv
+from highpeaks_ml.api.servicers.predict import STREAM_WINDOW
 from highpeaks_ml.serving.inputs import served_outputs
 
 if TYPE_CHECKING:
@@ -70,6 +74,44 @@ class InferenceServicer:
         pred = await self.models.predict(query, time_limit=context.time_remaining())
         return conv.infer_response(pred, request.id, raw)
 
+    async def _stream_one(self, request: Any, context: aio.ServicerContext) -> Any:
+        try:
+            query, raw = conv.query_from_infer(request)
+            pred = await self.models.predict(query, time_limit=context.time_remaining())
+            return conv.stream_infer_response(pred, request.id, raw)
+        except Exception as exc:  # answered in-stream; the stream goes on
+            return conv.stream_error(exc, request.id)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[Any], context: aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """ModelInfer over a stream: each request answered in order, errors in-stream,
+        up to STREAM_WINDOW requests worked on at once (as PredictStream)."""
+        loop = asyncio.get_running_loop()
+        window: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue(STREAM_WINDOW)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await window.put(loop.create_task(self._stream_one(request, context)))
+            finally:
+                await window.put(None)
+
+        reader = loop.create_task(read())
+        try:
+            while (task := await window.get()) is not None:
+                yield await task
+            await reader  # surfaces a failed read (a malformed message ends the stream)
+        finally:
+            # Cancelled or failed call: stop everything still queued or running.
+            reader.cancel()
+            while not window.empty():
+                pending = window.get_nowait()
+                if pending is not None:
+                    pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
     async def ModelStatistics(self, request: Any, context: aio.ServicerContext) -> Any:
         """Statistics of every model, every version of one model, or one version."""
         version, alias = conv.version_selector(request.version, "version")
@@ -99,17 +141,25 @@ class InferenceServicer:
         return msgs.RepositoryModelUnloadResponse()
 
 
+#: The handler factory of each (client streaming, server streaming) kind of method.
+_HANDLER_KINDS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
 def generic_handler(app: App) -> grpc.GenericRpcHandler:
-    """The service's handler, every method declared in the protocol file served."""
+    """The service's handler, every method declared in the protocol file served,
+    each as the kind of RPC its descriptor declares."""
     servicer = InferenceServicer(app)
     handlers = {}
     for method in msgs.SERVICE.methods:
         request_cls, response_cls = msgs.method_types(method.name)
-        behavior: Callable[[Any, aio.ServicerContext], Awaitable[Any]] = getattr(
-            servicer, method.name
-        )
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            behavior,
+        make = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
             request_deserializer=request_cls.FromString,
             response_serializer=response_cls.SerializeToString,
         )
