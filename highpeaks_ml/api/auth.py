@@ -45,7 +45,7 @@ from grpc import aio
 
 from highpeaks_ml import errors
 from highpeaks_ml.api.context import subject_var
-from highpeaks_ml.api.handlers import rewrap_handler
+from highpeaks_ml.api.handlers import HandlerCache, rewrap_handler
 from highpeaks_ml.config import AuthMode, ConfigError, Settings
 
 log = logging.getLogger("highpeaks_ml.auth")
@@ -391,19 +391,21 @@ class Authenticator:
 # --- the interceptor ---------------------------------------------------------------
 
 
-def _wrap(behavior: Callable[..., Any], check: Callable[[], None]) -> Callable[..., Any]:
-    """``behavior`` run after ``check()``, of the same kind (coroutine or async gen)."""
+def _wrap(
+    behavior: Callable[..., Any], check: Callable[[aio.ServicerContext], None]
+) -> Callable[..., Any]:
+    """``behavior`` run after ``check(context)``, of the same kind (coroutine or async gen)."""
     if inspect.isasyncgenfunction(behavior):
 
         async def gen(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-            check()
+            check(context)
             async for item in behavior(request, context):
                 yield item
 
         return gen
 
     async def unary(request: Any, context: aio.ServicerContext) -> Any:
-        check()
+        check(context)
         result = behavior(request, context)
         if inspect.isawaitable(result):
             result = await result
@@ -412,14 +414,14 @@ def _wrap(behavior: Callable[..., Any], check: Callable[[], None]) -> Callable[.
     return unary
 
 
-def _refusal(check: Callable[[], None]) -> grpc.RpcMethodHandler:
+def _refusal(check: Callable[[aio.ServicerContext], None]) -> grpc.RpcMethodHandler:
     """A handler for a path no entry allows: runs ``check`` (which raises), reads nothing.
 
     Stream-stream with raw bytes fits whatever kind of call the client made.
     """
 
     async def refuse(request_iterator: Any, context: aio.ServicerContext) -> None:
-        check()
+        check(context)
         raise errors.Unimplemented("unknown method")  # pragma: no cover - check() raises
 
     return grpc.stream_stream_rpc_method_handler(refuse)
@@ -434,6 +436,7 @@ class AuthInterceptor(aio.ServerInterceptor):
 
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
+        self._handlers = HandlerCache()
 
     async def intercept_service(
         self,
@@ -445,13 +448,12 @@ class AuthInterceptor(aio.ServerInterceptor):
         auth = self.authenticator
         if method in PUBLIC_METHODS and handler is not None:
             return handler
-        metadata = handler_call_details.invocation_metadata
         required = METHOD_SCOPES.get(method)
 
-        def check() -> None:
+        def check(context: aio.ServicerContext) -> None:
             # Runs inside the RPC (so the error mapping logs and maps it), in
             # the RPC's own context (so the subject stays with this call).
-            principal = auth.authenticate(metadata)
+            principal = auth.authenticate(context.invocation_metadata())
             subject_var.set(principal.subject)
             if handler is None:
                 raise errors.Unimplemented(f"unknown method {method[:200]!r}")
@@ -461,8 +463,12 @@ class AuthInterceptor(aio.ServerInterceptor):
                 raise errors.PermissionDenied(f"this call needs the {required!r} scope")
 
         if handler is None or required is None:
-            return _refusal(check)
-        return rewrap_handler(handler, lambda behavior, _req, _resp: _wrap(behavior, check))
+            return _refusal(check)  # not cached: any path a caller sends lands here
+        return self._handlers.get(
+            method,
+            handler,
+            lambda: rewrap_handler(handler, lambda behavior, _req, _resp: _wrap(behavior, check)),
+        )
 
 
 def build_auth_interceptor(settings: Settings) -> AuthInterceptor | None:

@@ -19,7 +19,7 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -29,7 +29,7 @@ from highpeaks_ml import errors
 from highpeaks_ml.api.auth import KNOWN_METHODS
 from highpeaks_ml.api.context import NO_SUBJECT, subject_var
 from highpeaks_ml.api.errors import status_for
-from highpeaks_ml.api.handlers import rewrap_handler
+from highpeaks_ml.api.handlers import HandlerCache, rewrap_handler
 from highpeaks_ml.logs import request_id_var
 from highpeaks_ml.metrics import Metrics
 
@@ -81,7 +81,7 @@ class Lifecycle:
         return True
 
 
-def _request_id(metadata: tuple[Any, ...] | None) -> str:
+def _request_id(metadata: Iterable[tuple[str, Any]] | None) -> str:
     for key, value in metadata or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= _MAX_REQUEST_ID:
             return value
@@ -92,7 +92,10 @@ class _Call:
     """Bookkeeping for one RPC: request id, subject, drain check, metrics, the log line."""
 
     def __init__(
-        self, method: str, metadata: tuple[Any, ...] | None, owner: ErrorMappingInterceptor
+        self,
+        method: str,
+        metadata: Iterable[tuple[str, Any]] | None,
+        owner: ErrorMappingInterceptor,
     ) -> None:
         self.method = method
         self.owner = owner
@@ -168,11 +171,10 @@ class _Call:
 def _wrap_unary_response(
     behavior: Callable[..., Awaitable[Any]],
     method: str,
-    metadata: Any,
     owner: ErrorMappingInterceptor,
 ) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
-        call = _Call(method, metadata, owner)
+        call = _Call(method, context.invocation_metadata(), owner)
         call.enter(context)
         try:
             call.admit()
@@ -200,11 +202,10 @@ def _wrap_unary_response(
 def _wrap_stream_response(
     behavior: Callable[..., AsyncIterator[Any]],
     method: str,
-    metadata: Any,
     owner: ErrorMappingInterceptor,
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-        call = _Call(method, metadata, owner)
+        call = _Call(method, context.invocation_metadata(), owner)
         call.enter(context)
         try:
             call.admit()
@@ -228,14 +229,14 @@ def _wrap_stream_response(
 
 
 def _wrap_stream(
-    behavior: Callable[..., Any], method: str, metadata: Any, owner: ErrorMappingInterceptor
+    behavior: Callable[..., Any], method: str, owner: ErrorMappingInterceptor
 ) -> Callable[..., Any]:
     # A streaming handler is either an async generator (yields responses) or a
     # coroutine that calls context.write() (grpc's health Watch does); the
     # wrapper must be of the same kind.
     if inspect.isasyncgenfunction(behavior):
-        return _wrap_stream_response(behavior, method, metadata, owner)
-    return _wrap_unary_response(behavior, method, metadata, owner)
+        return _wrap_stream_response(behavior, method, owner)
+    return _wrap_unary_response(behavior, method, owner)
 
 
 class Malformed:
@@ -318,6 +319,9 @@ class MalformedRequestInterceptor(aio.ServerInterceptor):
     read with ``context.read()`` would see the marker; none does).
     """
 
+    def __init__(self) -> None:
+        self._handlers = HandlerCache()
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -326,10 +330,14 @@ class MalformedRequestInterceptor(aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return rewrap_handler(
+        return self._handlers.get(
+            handler_call_details.method,
             handler,
-            lambda behavior, streaming_request, _: _guard(behavior, streaming_request),
-            request_deserializer=_tolerant(handler.request_deserializer),
+            lambda: rewrap_handler(
+                handler,
+                lambda behavior, streaming_request, _: _guard(behavior, streaming_request),
+                request_deserializer=_tolerant(handler.request_deserializer),
+            ),
         )
 
 
@@ -350,6 +358,7 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
         self.metrics = metrics
         self.lifecycle = lifecycle
         self.default_subject = default_subject
+        self._handlers = HandlerCache()
 
     async def intercept_service(
         self,
@@ -360,11 +369,10 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
         if handler is None:
             return handler  # unknown method: grpc answers UNIMPLEMENTED
         method = handler_call_details.method
-        metadata = handler_call_details.invocation_metadata
 
         def wrap(behavior: Callable[..., Any], _: bool, streaming_response: bool) -> Any:
             if streaming_response:
-                return _wrap_stream(behavior, method, metadata, self)
-            return _wrap_unary_response(behavior, method, metadata, self)
+                return _wrap_stream(behavior, method, self)
+            return _wrap_unary_response(behavior, method, self)
 
-        return rewrap_handler(handler, wrap)
+        return self._handlers.get(method, handler, lambda: rewrap_handler(handler, wrap))

@@ -99,14 +99,23 @@ def test_grpcurl_list_describe_and_health(server):
     assert '"status": "SERVING"' in health
 
 
-def test_request_id_is_echoed(channel):
+def test_request_id_is_echoed_per_call(channel):
+    # Several calls of one method: the interceptors reuse one wrapped handler
+    # per method, and the id must still come from each call's own metadata.
     stub = health_pb2_grpc.HealthStub(channel)
-    _, call = stub.Check.with_call(
-        health_pb2.HealthCheckRequest(service=""),
-        metadata=(("x-request-id", "abc-123"),),
-        timeout=5,
-    )
-    assert ("x-request-id", "abc-123") in tuple(call.trailing_metadata())
+    generated = set()
+    for rid in ("abc-123", "def-456", None, "abc-123", None):
+        _, call = stub.Check.with_call(
+            health_pb2.HealthCheckRequest(service=""),
+            metadata=(("x-request-id", rid),) if rid else None,
+            timeout=5,
+        )
+        echoed = dict(call.trailing_metadata())["x-request-id"]
+        if rid:
+            assert echoed == rid
+        else:
+            assert len(echoed) == 32 and echoed not in generated
+            generated.add(echoed)
 
 
 def test_sigterm_goes_not_serving_then_exits_zero(server_process):
