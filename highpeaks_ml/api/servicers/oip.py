@@ -13,7 +13,6 @@ descriptor declares (ModelStreamInfer: stream-stream).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ from grpc import aio
 from highpeaks_ml import __version__
 from highpeaks_ml.api import oip_messages as msgs
 from highpeaks_ml.api.converters import oip as conv
-from highpeaks_ml.api.servicers.predict import STREAM_WINDOW
+from highpeaks_ml.api.servicers._streams import pipelined
 from highpeaks_ml.serving.inputs import served_outputs
 
 if TYPE_CHECKING:
@@ -87,30 +86,10 @@ class InferenceServicer:
     ) -> AsyncIterator[Any]:
         """ModelInfer over a stream: each request answered in order, errors in-stream,
         up to STREAM_WINDOW requests worked on at once (as PredictStream)."""
-        loop = asyncio.get_running_loop()
-        window: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue(STREAM_WINDOW)
-
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    await window.put(loop.create_task(self._stream_one(request, context)))
-            finally:
-                await window.put(None)
-
-        reader = loop.create_task(read())
-        try:
-            while (task := await window.get()) is not None:
-                yield await task
-            await reader  # surfaces a failed read (a malformed message ends the stream)
-        finally:
-            # Cancelled or failed call: stop everything still queued or running.
-            reader.cancel()
-            while not window.empty():
-                pending = window.get_nowait()
-                if pending is not None:
-                    pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+        answers = pipelined(request_iterator, lambda r: self._stream_one(r, context))
+        async with contextlib.aclosing(answers):  # a cancelled call stops the work at once
+            async for response in answers:
+                yield response
 
     async def ModelStatistics(self, request: Any, context: aio.ServicerContext) -> Any:
         """Statistics of every model, every version of one model, or one version."""

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from grpc import aio
 
 from highpeaks_ml.api.converters import predict as conv
+from highpeaks_ml.api.servicers._streams import pipelined
 from highpeaks_ml.v1 import predict_pb2, predict_pb2_grpc
 
 if TYPE_CHECKING:
     from highpeaks_ml.api.server import App
     from highpeaks_ml.serving.manager import ModelManager
-
-#: Requests of one PredictStream being worked on at once. Pipelining lets the
-#: stream's requests overlap (and share dynamic batches); the bound keeps one
-#: stream from queueing unbounded work.
-STREAM_WINDOW = 64
 
 
 class PredictServicer(predict_pb2_grpc.PredictServiceServicer):
@@ -57,27 +52,7 @@ class PredictServicer(predict_pb2_grpc.PredictServiceServicer):
         context: aio.ServicerContext,
     ) -> AsyncIterator[predict_pb2.PredictStreamResponse]:
         """Answers each request in order, errors in-stream, requests pipelined."""
-        loop = asyncio.get_running_loop()
-        window: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue(STREAM_WINDOW)
-
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    await window.put(loop.create_task(self._one(request, context)))
-            finally:
-                await window.put(None)
-
-        reader = loop.create_task(read())
-        try:
-            while (task := await window.get()) is not None:
-                yield await task
-            await reader  # surfaces a failed read (e.g. a malformed message)
-        finally:
-            # Cancelled or failed call: stop everything still queued or running.
-            reader.cancel()
-            while not window.empty():
-                pending = window.get_nowait()
-                if pending is not None:
-                    pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+        answers = pipelined(request_iterator, lambda r: self._one(r, context))
+        async with contextlib.aclosing(answers):  # a cancelled call stops the work at once
+            async for response in answers:
+                yield response
