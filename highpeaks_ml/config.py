@@ -85,6 +85,31 @@ class Settings(BaseSettings):
     grace_period_s: float = Field(
         10.0, ge=0, description="On SIGTERM/SIGINT, how long in-flight RPCs may take to finish."
     )
+    # A gRPC client keeps one HTTP/2 connection, so behind a Kubernetes Service
+    # it stays on the replica it first reached, and replicas added later get
+    # no traffic from it. An age limit makes clients reconnect (GOAWAY: calls
+    # in flight finish) and so spread out again (docs/deploy.md).
+    max_connection_age_s: float = Field(
+        0.0,
+        ge=0,
+        description="Close each client connection this long after it opened (s), so clients "
+        "reconnect and spread over replicas; calls in flight finish first. 0 = never.",
+    )
+    max_connection_age_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long calls may still run on a connection past its age (s) before it "
+        "is closed.",
+    )
+    # grpc's server default refuses client keepalive pings more often than
+    # every 5 minutes (the client gets GOAWAY "too_many_pings"), while clients
+    # behind NAT or load balancers commonly ping every 10-60 s.
+    min_client_ping_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="Client keepalive pings accepted this often (s), also on idle connections; "
+        "more frequent pings end the connection.",
+    )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus metrics HTTP port; 0 turns metrics off."
     )

@@ -269,6 +269,24 @@ def _address(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """grpc channel arguments for connection age and client keepalive (docs/deploy.md)."""
+    options = [
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(settings.min_client_ping_interval_s)),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    if settings.max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", _ms(settings.max_connection_age_s)),
+            ("grpc.max_connection_age_grace_ms", _ms(settings.max_connection_age_grace_s)),
+        ]
+    return options
+
+
+def _ms(seconds: float) -> int:
+    return max(1, min(2**31 - 1, round(seconds * 1000)))
+
+
 async def create_server(settings: Settings) -> tuple[Server, int]:
     """Build, bind and start the server; return it and its bound port (non-blocking).
 
@@ -285,6 +303,7 @@ async def create_server(settings: Settings) -> tuple[Server, int]:
         # are refused at random (a 9 KB bearer token failed one call in eight).
         ("grpc.max_metadata_size", MAX_METADATA_BYTES),
         ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+        *connection_options(settings),
     ]
     auth_interceptor = build_auth_interceptor(settings)
     credentials = _server_credentials(settings)

@@ -43,13 +43,6 @@ K8S_VERSIONS = ["1.30.0", kubernetes_validate.utils.latest_version()]
 # Secrets the operator creates (documented in docs/deploy.md): referenced, never rendered.
 OPERATOR_SECRETS = {"highpeaks-ml-jwt", "highpeaks-ml-tls"}
 JWT_SECRET_EXAMPLE = K8S / "examples" / "jwt-secret.yaml"
-# Settings values the manifests use before the server accepts them; each is
-# reported as an expected failure (xfail) until it does, then simply passes.
-PENDING_VALUES = {
-    # "No training in this process": the scaled overlay's serving replicas
-    # (training runs on the one trainer). Needs training_workers to allow 0.
-    ("HIGHPEAKS_ML_TRAINING_WORKERS", "0"),
-}
 
 
 # --- helpers ------------------------------------------------------------------
@@ -165,15 +158,10 @@ def _clear_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _settings(name: str, dep: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Parse the container's environment with the server's own Settings.
-
-    Values in PENDING_VALUES are left out here (the server's default stands in);
-    test_setting_values_are_accepted reports them.
-    """
+    """Parse the container's environment with the server's own Settings."""
     _clear_env(monkeypatch)
     for key, value in _pod_env(name, dep).items():
-        if (key, value) not in PENDING_VALUES:
-            monkeypatch.setenv(key, value)
+        monkeypatch.setenv(key, value)
     return Settings.load()
 
 
@@ -343,8 +331,7 @@ def test_ports_probes_and_settings_agree(name, monkeypatch):
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_setting_values_are_accepted(name, monkeypatch):
-    """Every HIGHPEAKS_ML_* value a container gets parses, PENDING_VALUES included."""
-    pending: set[tuple[str, str]] = set()
+    """Every HIGHPEAKS_ML_* value a container gets is a known setting and parses."""
     for dep in _deployments(name):
         env = _pod_env(name, dep)
         for key in env:
@@ -353,16 +340,7 @@ def test_setting_values_are_accepted(name, monkeypatch):
         _clear_env(monkeypatch)
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        try:
-            Settings.load()
-        except ValidationError as exc:
-            failing = {ENV_PREFIX + str(e["loc"][0]).upper() for e in exc.errors() if e["loc"]}
-            found = {(k, env[k]) for k in failing if k in env}
-            if not failing or not found <= PENDING_VALUES:
-                raise
-            pending |= found
-    if pending:
-        pytest.xfail(f"the server does not accept these values yet: {sorted(pending)}")
+        Settings.load()  # raises ValidationError for a value the server refuses
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
@@ -495,9 +473,18 @@ def test_scaled_overlay_shares_the_store_and_separates_training():
             if "persistentVolumeClaim" in v
         ]
         assert claims == [pvc["metadata"]["name"]]
-    # Training only on the trainer (raw values: see PENDING_VALUES).
+    # Training only on the trainer.
     assert _pod_env(name, server)["HIGHPEAKS_ML_TRAINING_WORKERS"] == "0"
     assert int(_pod_env(name, trainer)["HIGHPEAKS_ML_TRAINING_WORKERS"]) >= 1
+
+
+def test_scaled_serving_replicas_recycle_connections(monkeypatch):
+    """Clients must not stay pinned to the first replicas: connections age out
+    (long enough that reconnecting is rare, with a grace for calls in flight)."""
+    name = "overlays/scaled"
+    s = _settings(name, _one(name, "Deployment", "highpeaks-ml"), monkeypatch)
+    assert 60 <= s.max_connection_age_s <= 3600
+    assert s.max_connection_age_grace_s >= s.grace_period_s
     _one(name, "Service", "highpeaks-ml-trainer")
 
 
