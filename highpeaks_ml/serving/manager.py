@@ -78,6 +78,9 @@ _LARGE_ELEMENTS = 50_000
 #: Runs of at most this many rows may run inline on the event loop (see
 #: ``LoadedVersion.inline_ok``); their measured cost decides whether they do.
 INLINE_MAX_ROWS = 8
+#: ... and of at most this many input elements, all numeric: a string's cost
+#: grows with its length, which the estimate of earlier runs does not know.
+INLINE_MAX_ELEMENTS = 4096
 #: Small runs measured (in the thread pool) before a version may run inline.
 _INLINE_PROBATION = 5
 
@@ -138,8 +141,8 @@ class LoadedVersion:
         self.small_run_s = float("inf")
         self.small_runs = 0
 
-    def inline_ok(self, rows: int) -> bool:
-        """Whether a run of ``rows`` rows is cheap enough to run on the event loop.
+    def inline_ok(self, feeds: dict[str, np.ndarray], rows: int) -> bool:
+        """Whether a run of ``feeds`` (``rows`` rows) is cheap enough for the event loop.
 
         A hop to the inference thread pool costs two thread wake-ups (~130-190
         µs on a small VM; docs/serving.md), often more than the run itself. A
@@ -152,6 +155,8 @@ class LoadedVersion:
             rows <= INLINE_MAX_ROWS
             and self.small_runs >= _INLINE_PROBATION
             and self.small_run_s < self._inline_limit_s
+            and sum(a.size for a in feeds.values()) <= INLINE_MAX_ELEMENTS
+            and all(a.dtype.kind in "biuf" for a in feeds.values())
         )
 
     def _note_small_run(self, elapsed: float) -> None:
@@ -354,7 +359,7 @@ class ModelManager:
             feeds, rows = plan.feeds(data, max_rows)
             if rows == 0:
                 return plan.assemble(names, plan.empty_outputs(names), lv.provider, 0, as_names)
-            if lv.inline_ok(rows) and (lv.batcher is None or not lv.batcher.max_delay_s):
+            if lv.inline_ok(feeds, rows) and (lv.batcher is None or not lv.batcher.max_delay_s):
                 # Cheaper than the hop to the thread pool (see inline_ok). Not
                 # with a batching delay: that asks for requests to wait and merge.
                 outs = lv.run(feeds, queued_at=time.perf_counter())

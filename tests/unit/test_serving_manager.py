@@ -522,14 +522,22 @@ def test_a_version_that_turns_slow_goes_back_to_the_thread_pool(store, tmp_path)
 def test_small_run_estimate_rises_fast_and_falls_slowly():
     lv = manager_mod.LoadedVersion.__new__(manager_mod.LoadedVersion)
     lv.small_run_s, lv.small_runs, lv._inline_limit_s = float("inf"), 0, 100e-6
+    one = {"input": np.zeros((1, 4), np.float32)}
     for _ in range(manager_mod._INLINE_PROBATION):
         lv._note_small_run(10e-6)
-    assert lv.small_run_s == pytest.approx(10e-6) and lv.inline_ok(1)
+    assert lv.small_run_s == pytest.approx(10e-6) and lv.inline_ok(one, 1)
     lv._note_small_run(1e-3)
-    assert lv.small_run_s > 500e-6 and not lv.inline_ok(1)
+    assert lv.small_run_s > 500e-6 and not lv.inline_ok(one, 1)
     n = 0
-    while not lv.inline_ok(1):
+    while not lv.inline_ok(one, 1):
         lv._note_small_run(10e-6)
         n += 1
     assert 15 < n < 40  # back after a few dozen cheap runs, not one
-    assert not lv.inline_ok(manager_mod.INLINE_MAX_ROWS + 1)
+    rows = manager_mod.INLINE_MAX_ROWS + 1
+    assert not lv.inline_ok({"input": np.zeros((rows, 4), np.float32)}, rows)
+    # Few rows but many elements, or strings (cost grows with their length): the pool.
+    wide = {"input": np.zeros((1, manager_mod.INLINE_MAX_ELEMENTS + 1), np.float32)}
+    assert not lv.inline_ok(wide, 1)
+    text = {"input": np.array([["a" * 10]], dtype=object)}
+    assert not lv.inline_ok(text, 1)
+    assert lv.inline_ok({"a": np.zeros((2, 3), np.int64), "b": np.ones((2, 1), bool)}, 2)
