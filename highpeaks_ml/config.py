@@ -83,7 +83,20 @@ class Settings(BaseSettings):
         256, ge=1, description="RPCs handled at once; more get RESOURCE_EXHAUSTED."
     )
     grace_period_s: float = Field(
-        10.0, ge=0, description="On SIGTERM/SIGINT, how long in-flight RPCs may take to finish."
+        10.0,
+        ge=0,
+        description="On SIGTERM/SIGINT, how long the drain may take in all (the delay below "
+        "included) before RPCs still in flight are cancelled.",
+    )
+    # Kubernetes removes a terminating pod from the Service's endpoints at the
+    # same time as it sends SIGTERM, and the change takes a few seconds to
+    # reach every node: connections opened meanwhile still land here.
+    drain_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="After SIGTERM, keep serving this long (health already NOT_SERVING) "
+        "before telling clients to go elsewhere, while load balancers stop sending new "
+        "connections here (s, within the grace period).",
     )
     # A gRPC client keeps one HTTP/2 connection, so behind a Kubernetes Service
     # it stays on the replica it first reached, and replicas added later get

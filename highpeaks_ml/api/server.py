@@ -129,27 +129,44 @@ class Server:
             await self.health.set(name, status)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Graceful stop: NOT_SERVING, refuse new work, drain for ``grace`` s, close."""
+        """Graceful stop (docs/security.md, "Graceful drain").
+
+        NOT_SERVING at once; keep serving for ``drain_delay_s`` while load
+        balancers stop sending new connections; then grpc's stop sends GOAWAY
+        (clients open new calls elsewhere) while the RPCs in flight finish,
+        all within ``grace`` seconds; what is still running then is cancelled.
+        """
         if self._stopping:
             await self._stopped.wait()
             return
         self._stopping = True
-        grace = self.app.settings.grace_period_s if grace is None else grace
-        log.info("shutting down", extra={"grace_s": grace})
+        settings = self.app.settings
+        grace = settings.grace_period_s if grace is None else grace
+        log.info("shutting down", extra={"grace_s": grace, "delay_s": settings.drain_delay_s})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        # Refuse new RPCs (UNAVAILABLE) from now on; health keeps answering.
-        self.lifecycle.draining = True
+        delay = min(settings.drain_delay_s, grace)
+        if delay <= 0:
+            # From here a call that still reaches a handler gets UNAVAILABLE.
+            self.lifecycle.draining = True
         self.app.ready = False
-        await self.health.enter_graceful_shutdown()
+        await self.health.enter_graceful_shutdown()  # readiness fails: no new traffic
+        if delay > 0:
+            # Still answering everything: endpoints and load balancers take a
+            # moment to stop routing new connections here.
+            await asyncio.sleep(delay)
+            self.lifecycle.draining = True
         await self.app.shutdown()
-        # Drain with the listener still open, so late callers get a clear
-        # UNAVAILABLE from the interceptor rather than grpc's CANCELLED.
+        # GOAWAY now: clients send new calls over a new connection (to another
+        # replica behind a Service); calls in flight carry on. The listener
+        # closes, so callers of this process alone get UNAVAILABLE.
+        closing = loop.create_task(self.grpc_server.stop(max(0.0, deadline - loop.time())))
         if not await self.lifecycle.wait_idle(deadline - loop.time()):
             log.warning("grace period over with RPCs in flight: cancelling them")
         # What is left: health watches (which never end) and responses still
         # being flushed; a moment to flush, then grpc cancels the rest.
         await self.grpc_server.stop(min(max(0.0, deadline - loop.time()), _FLUSH_S))
+        await closing
         if self.health_server is not None:
             await self.health_server.stop(0)
         await self.app.close()

@@ -46,7 +46,10 @@ def _wait_draining(channel: grpc.Channel) -> None:
         try:
             status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
         except grpc.RpcError as err:
-            assert err.code() == grpc.StatusCode.UNAVAILABLE
+            # UNAVAILABLE once the connection is closed; CANCELLED for a call
+            # that reached the server in the instant grpc's stop began (grpc's
+            # own behaviour, docs/security.md).
+            assert err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
             return
         if status == health_pb2.HealthCheckResponse.NOT_SERVING:
             return
@@ -66,8 +69,10 @@ def test_in_flight_stream_finishes_new_calls_refused_exit_zero(server_process):
 
     proc.proc.send_signal(signal.SIGTERM)
     _wait_draining(channel)
+    time.sleep(0.3)  # past the instant grpc's stop begins (see _wait_draining)
 
-    # A new RPC is refused, on this channel and on a new one.
+    # A new RPC is refused, on this channel (GOAWAY: no new calls on this
+    # connection, and the listener is closed) and on a new one.
     for ch in (channel, grpc.insecure_channel(proc.target)):
         with pytest.raises(grpc.RpcError) as err:
             ch.unary_unary(LIST_MODELS)(b"", timeout=5)
@@ -119,6 +124,7 @@ def test_registry_publish_in_flight_completes_and_survives_restart(server_proces
     # ... when the server is told to stop.
     proc.proc.send_signal(signal.SIGTERM)
     _wait_draining(channel)
+    time.sleep(0.3)
     with pytest.raises(grpc.RpcError) as err:
         channel.unary_unary(LIST_MODELS)(b"", timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -141,6 +147,32 @@ def test_registry_publish_in_flight_completes_and_survives_restart(server_proces
             timeout=10,
         )
         assert got.sha256 == hashlib.sha256(onnx).hexdigest()
+
+
+def test_drain_delay_keeps_serving_while_not_serving_then_refuses(server_process):
+    """With --drain-delay-s the server answers normally (health NOT_SERVING)
+    while load balancers catch up, then refuses new calls and exits."""
+    delay = 2.0
+    proc = server_process("--grace-period-s", str(GRACE_S), "--drain-delay-s", str(delay))
+    channel = grpc.insecure_channel(proc.target)
+    health = health_pb2_grpc.HealthStub(channel)
+    list_models = channel.unary_unary(LIST_MODELS)
+    list_models(b"", timeout=5)
+    sent = time.monotonic()
+    proc.proc.send_signal(signal.SIGTERM)
+    _wait_draining(channel)
+    assert time.monotonic() - sent < delay / 2, "NOT_SERVING must come at once"
+    # Within the delay: NOT_SERVING, yet calls are still answered.
+    status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    list_models(b"", timeout=5)
+    # After it: refused, and the process exits long before the grace period.
+    time.sleep(max(0.0, sent + delay + 0.5 - time.monotonic()))
+    with pytest.raises(grpc.RpcError) as err:
+        list_models(b"", timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert proc.proc.wait(timeout=GRACE_S - 5) == 0
+    channel.close()
 
 
 def test_sigterm_with_nothing_in_flight_exits_at_once(server_process):

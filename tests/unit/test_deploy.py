@@ -321,6 +321,8 @@ def test_ports_probes_and_settings_agree(name, monkeypatch):
         live = c["livenessProbe"]
         assert live["periodSeconds"] * live["failureThreshold"] > s.grace_period_s
         assert pod["terminationGracePeriodSeconds"] > s.grace_period_s
+        # A delay before GOAWAY while endpoint removal propagates, well inside the grace.
+        assert 1 <= s.drain_delay_s <= s.grace_period_s / 2
         # Prometheus scrapes the metrics port.
         ann = dep["spec"]["template"]["metadata"]["annotations"]
         assert ann["prometheus.io/scrape"] == "true"
