@@ -8,6 +8,13 @@
 Every method raises ``grpc.RpcError`` on a failed call (``.code()`` and
 ``.details()`` say why).
 
+Calls that are safe to repeat (reads, predictions, health, setting an alias)
+are retried by grpc itself when they fail UNAVAILABLE — a replica shutting
+down, a connection refused while a rollout replaces a pod — up to 4 attempts
+with exponential backoff (``RETRY_POLICY``), within the call's timeout.
+Writes that could apply twice (imports, deletes, starting a job) are not;
+``retries=False`` turns retrying off.
+
 Against a server with ``auth_mode=jwt`` pass ``token=`` (sent as
 ``authorization: Bearer <token>`` metadata on every call); against a TLS
 server pass ``tls_ca=`` (the CA that signed the server certificate) or
@@ -16,6 +23,7 @@ server pass ``tls_ca=`` (the CA that signed the server certificate) or
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,44 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from highpeaks_ml.v1 import predict_pb2_grpc, registry_pb2_grpc, train_pb2_grpc
+
+#: Methods safe to repeat: reading, predicting, health, and setting an alias
+#: (the same version again changes nothing).
+IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
+    "grpc.health.v1.Health": ("Check",),
+    "highpeaks_ml.v1.PredictService": ("Predict",),
+    "highpeaks_ml.v1.ModelRegistryService": (
+        "ListModels",
+        "GetModel",
+        "GetModelVersion",
+        "SetAlias",
+    ),
+    "highpeaks_ml.v1.TrainService": (
+        "GetDataset",
+        "ListDatasets",
+        "ListAlgorithms",
+        "GetTrainingJob",
+        "ListTrainingJobs",
+    ),
+}
+#: grpc's retry policy for them (gRFC A6): UNAVAILABLE only, jittered backoff.
+RETRY_POLICY = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+
+def service_config() -> str:
+    """The channel's service config (JSON): ``RETRY_POLICY`` on ``IDEMPOTENT_METHODS``."""
+    names = [
+        {"service": service, "method": method}
+        for service, methods in IDEMPOTENT_METHODS.items()
+        for method in methods
+    ]
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": RETRY_POLICY}]})
 
 
 class Client:
@@ -37,6 +83,7 @@ class Client:
         channel: grpc.Channel | None = None,
         metadata: tuple[tuple[str, str], ...] = (),
         options: list[tuple[str, Any]] | None = None,
+        retries: bool = True,
         token: str | None = None,
         tls: bool = False,
         tls_ca: str | Path | None = None,
@@ -49,10 +96,16 @@ class Client:
             metadata = (*metadata, ("authorization", f"Bearer {token}"))
         self.metadata = metadata
         self._own_channel = channel is None
-        options = options or [
-            ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-            ("grpc.max_send_message_length", 256 * 1024 * 1024),
-        ]
+        # The caller's options win over these defaults, key by key.
+        merged: dict[str, Any] = {
+            "grpc.max_receive_message_length": 256 * 1024 * 1024,
+            "grpc.max_send_message_length": 256 * 1024 * 1024,
+            "grpc.enable_retries": int(retries),
+        }
+        if retries:
+            merged["grpc.service_config"] = service_config()
+        merged.update(dict(options or ()))
+        options = list(merged.items())
         if channel is None and (tls or tls_ca or tls_cert):
             if bool(tls_cert) != bool(tls_key):
                 raise ValueError("tls_cert and tls_key go together")
