@@ -502,13 +502,14 @@ def test_inline_off_with_zero_and_with_a_batching_delay(store, tmp_path):
 
 def test_a_version_that_turns_slow_goes_back_to_the_thread_pool(store, tmp_path):
     async def main():
-        m = await started(store, tmp_path, inline_inference_us=20_000)
+        # 200 ms: no probation run misses it, even on a loaded machine.
+        m = await started(store, tmp_path, inline_inference_us=200_000)
         try:
             rec = await _recording(m)
             loop_thread = threading.get_ident()
             await _one_row_predictions(m, manager_mod._INLINE_PROBATION + 1)
             assert rec.threads[-1] == loop_thread
-            rec.delay_s = 0.1  # five times the limit: one such run is enough
+            rec.delay_s = 1.0  # five times the limit: one such run is enough
             await _one_row_predictions(m, 1)
             rec.threads.clear()
             await _one_row_predictions(m, 3)
