@@ -18,6 +18,7 @@ Serving
   ``predict_batch_rows`` [model, version]        rows per onnxruntime call (batch size)
   ``predict_queue_seconds`` [model]              wait before the onnxruntime call
   ``predict_compute_seconds`` [model, version]   duration of one onnxruntime call
+  ``inline_inference_runs_total`` [model, version]  of those, calls run on the event loop
   ``model_load_seconds`` [model]                 session creation (+ warm-up) time
   ``model_load_failures_total`` [model]          versions that failed to load
   ``loaded_sessions``                            model versions loaded now
@@ -128,6 +129,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.inline_inference_runs = Counter(
+            p + "inline_inference_runs",
+            "onnxruntime calls run on the event loop (small, measured-cheap requests; "
+            "a subset of predict_compute_seconds' count), by model and version.",
+            ["model", "version"],
+            registry=r,
+        )
         self.model_load_seconds = Histogram(
             p + "model_load_seconds",
             "Time to load (and warm up) one model version.",
@@ -207,6 +215,11 @@ def record_inference(model: str, version: int | str, rows: int, compute_s: float
     v = str(version)
     m.predict_batch_rows.labels(model, v).observe(rows)
     m.predict_compute_seconds.labels(model, v).observe(compute_s)
+
+
+def record_inline_run(model: str, version: int | str) -> None:
+    """One onnxruntime call of ``model`` v``version`` ran on the event loop."""
+    _current.inline_inference_runs.labels(model, str(version)).inc()
 
 
 def record_queue_wait(model: str, seconds: float) -> None:

@@ -363,6 +363,7 @@ class ModelManager:
                 # Cheaper than the hop to the thread pool (see inline_ok). Not
                 # with a batching delay: that asks for requests to wait and merge.
                 outs = lv.run(feeds, queued_at=time.perf_counter())
+                metrics.record_inline_run(lv.meta.model_name, lv.meta.version)
             elif lv.batcher is not None and rows < lv.batcher.max_rows:
                 outs = await lv.batcher.submit(feeds, rows)
             else:

@@ -455,6 +455,15 @@ async def _recording(m: ModelManager, delay_s: float = 0.0) -> ThreadRecordingSe
     return rec
 
 
+def _inline_runs() -> float:
+    from highpeaks_ml import metrics
+
+    sample = metrics.current().registry.get_sample_value(
+        "highpeaks_ml_inline_inference_runs_total", {"model": "iris", "version": "1"}
+    )
+    return sample or 0.0
+
+
 async def _one_row_predictions(m: ModelManager, count: int) -> None:
     for _ in range(count):
         pred = await m.predict(iris_query(n=1))
@@ -468,11 +477,13 @@ def test_small_cheap_runs_move_onto_the_event_loop_after_probation(store, tmp_pa
         try:
             rec = await _recording(m)
             loop_thread = threading.get_ident()
+            inline_runs = _inline_runs()
             await _one_row_predictions(m, manager_mod._INLINE_PROBATION + 3)
             first = rec.threads[: manager_mod._INLINE_PROBATION]
             after = rec.threads[manager_mod._INLINE_PROBATION :]
             assert loop_thread not in first  # measured in the thread pool first
             assert after and all(t == loop_thread for t in after)
+            assert _inline_runs() - inline_runs == len(after)  # and counted
             # More rows than INLINE_MAX_ROWS always go to the thread pool.
             await m.predict(iris_query(n=manager_mod.INLINE_MAX_ROWS + 1))
             assert rec.threads[-1] != loop_thread
