@@ -155,6 +155,13 @@ class Settings(BaseSettings):
     session_cache_size: int = Field(
         32, ge=1, description="Model versions kept loaded at once (least recently used go first)."
     )
+    session_cache_mb: float = Field(
+        0.0,
+        ge=0,
+        description="Total size of the loaded versions' ONNX files kept at most (MiB; a "
+        "session takes about that much memory or more); least recently used go first, the "
+        "newest load always stays. 0 = no bound but session_cache_size.",
+    )
     eager_load: bool = Field(
         True, description="At start-up, load every aliased version and each model's latest."
     )

@@ -22,6 +22,7 @@ Serving
   ``model_load_seconds`` [model]                 session creation (+ warm-up) time
   ``model_load_failures_total`` [model]          versions that failed to load
   ``loaded_sessions``                            model versions loaded now
+  ``loaded_model_bytes``                         their ONNX files' total size
 Training
   ``training_jobs`` [state]                      jobs per state now
   ``training_job_duration_seconds`` [algorithm, state]  wall time of finished jobs
@@ -149,6 +150,11 @@ class Metrics:
         self.loaded_sessions = Gauge(
             p + "loaded_sessions", "Model versions loaded in onnxruntime now.", registry=r
         )
+        self.loaded_model_bytes = Gauge(
+            p + "loaded_model_bytes",
+            "Total size of the ONNX files of the model versions loaded now.",
+            registry=r,
+        )
         # --- training
         self.training_jobs = Gauge(
             p + "training_jobs", "Training jobs in each state now.", ["state"], registry=r
@@ -236,9 +242,10 @@ def record_model_load(model: str, seconds: float, ok: bool) -> None:
         m.model_load_failures.labels(model).inc()
 
 
-def set_loaded_sessions(count: int) -> None:
-    """The number of model versions loaded now."""
+def set_loaded_sessions(count: int, model_bytes: int = 0) -> None:
+    """The number of model versions loaded now, and their ONNX files' total size."""
     _current.loaded_sessions.set(count)
+    _current.loaded_model_bytes.set(model_bytes)
 
 
 def set_training_jobs(counts: Mapping[str, int]) -> None:

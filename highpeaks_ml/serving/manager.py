@@ -263,8 +263,16 @@ class ModelManager:
         self._models = {i.name: i for i in infos if i.versions}
         self.registry.add_listener(self._on_change)
         if self.settings.eager_load:
-            wanted = [(i.name, v) for i in self._models.values() for v in sorted(_targets(i))]
-            wanted = wanted[: self.settings.session_cache_size]
+            wanted = _within_budget(
+                [
+                    meta
+                    for i in self._models.values()
+                    for v in sorted(_targets(i))
+                    if (meta := _pick(i, v, None)) is not None
+                ],
+                self.settings.session_cache_size,
+                int(self.settings.session_cache_mb * 1024 * 1024),
+            )
             await asyncio.gather(*(self._load_quietly(n, v) for n, v in wanted))
         self._refresh_task = self._loop.create_task(self._refresh_loop())
         log.info(
@@ -284,7 +292,7 @@ class ModelManager:
             task.cancel()
         self._cache.clear()
         self._entries.clear()
-        metrics.set_loaded_sessions(0)
+        metrics.set_loaded_sessions(0, 0)
         self._infer.shutdown(wait=False, cancel_futures=True)
         self._loader.shutdown(wait=False, cancel_futures=True)
 
@@ -476,7 +484,7 @@ class ModelManager:
         self._cache.move_to_end(key)
         self._evict()
         metrics.record_model_load(meta.model_name, time.perf_counter() - started, ok=True)
-        metrics.set_loaded_sessions(len(self._cache))
+        self._report_loaded()
         fut.set_result(lv)
         log.info(
             "loaded model %s version %d on %s",
@@ -530,10 +538,28 @@ class ModelManager:
                 )
         return lv
 
+    def _loaded_bytes(self) -> int:
+        return sum(lv.meta.size_bytes for lv in self._cache.values())
+
+    def _report_loaded(self) -> None:
+        metrics.set_loaded_sessions(len(self._cache), self._loaded_bytes())
+
     def _evict(self) -> None:
-        while len(self._cache) > self.settings.session_cache_size:
+        """Unload least recently used versions past either bound (never the newest)."""
+        limit = int(self.settings.session_cache_mb * 1024 * 1024)
+        while len(self._cache) > self.settings.session_cache_size or (
+            limit and len(self._cache) > 1 and self._loaded_bytes() > limit
+        ):
             key, _lv = self._cache.popitem(last=False)
             self._unload(key)
+        if limit and self._loaded_bytes() > limit:
+            newest = next(reversed(self._cache.values()))
+            log.warning(
+                "model %s version %d alone is larger than session_cache_mb",
+                newest.meta.model_name,
+                newest.meta.version,
+                extra={"bytes": newest.meta.size_bytes, "limit_bytes": limit},
+            )
 
     def _unload(self, key: tuple[str, int]) -> None:
         self._cache.pop(key, None)
@@ -541,7 +567,7 @@ class ModelManager:
         if entry is not None and entry.state == "ready":
             entry.state, entry.loaded = "unloaded", None
             log.info("unloaded model %s version %d", *key)
-        metrics.set_loaded_sessions(len(self._cache))
+        self._report_loaded()
 
     # --- repository, readiness and statistics (OIP) --------------------------
 
@@ -730,6 +756,18 @@ class ModelManager:
                     await self._refresh_model(name, info)
             for name in [n for n in self._models if n not in seen]:
                 await self._refresh_model(name, None)
+
+
+def _within_budget(metas: list[VersionMeta], count: int, limit_bytes: int) -> list[tuple[str, int]]:
+    """The first versions of ``metas`` that fit ``count`` versions and ``limit_bytes`` (0: any)."""
+    out: list[tuple[str, int]] = []
+    total = 0
+    for meta in metas:
+        if len(out) >= count or (limit_bytes and out and total + meta.size_bytes > limit_bytes):
+            break
+        out.append((meta.model_name, meta.version))
+        total += meta.size_bytes
+    return out
 
 
 def _pick(info: ModelInfo, version: int | None, alias: str | None) -> VersionMeta | None:

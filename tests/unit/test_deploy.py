@@ -165,6 +165,18 @@ def _settings(name: str, dep: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -
     return Settings.load()
 
 
+def _bytes(quantity: str | int) -> float:
+    """A Kubernetes memory quantity (``4Gi``, ``512Mi``, ``1G``, plain bytes) in bytes."""
+    text = str(quantity)
+    for suffix, factor in (("Ki", 2**10), ("Mi", 2**20), ("Gi", 2**30), ("Ti", 2**40)):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    for suffix, factor in (("k", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12)):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
+
+
 def _cpu(quantity: str | int | float) -> float:
     text = str(quantity)
     return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
@@ -329,6 +341,8 @@ def test_ports_probes_and_settings_agree(name, monkeypatch):
         assert int(ann["prometheus.io/port"]) == s.metrics_port
         # onnxruntime threads fit the CPU limit.
         assert 0 < s.intra_op_threads <= max(1, _cpu(c["resources"]["limits"]["cpu"]))
+        # Loaded models are bounded well under the memory limit.
+        assert 0 < s.session_cache_mb * 2**20 <= _bytes(c["resources"]["limits"]["memory"]) / 2
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)

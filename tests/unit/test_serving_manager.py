@@ -553,3 +553,51 @@ def test_small_run_estimate_rises_fast_and_falls_slowly():
     text = {"input": np.array([["a" * 10]], dtype=object)}
     assert not lv.inline_ok(text, 1)
     assert lv.inline_ok({"a": np.zeros((2, 3), np.int64), "b": np.ones((2, 1), bool)}, 2)
+
+
+def test_byte_bound_unloads_least_recently_used_but_never_the_newest(store, tmp_path):
+    exp = sm.iris_logreg()
+    for _ in range(2):
+        store.publish("iris", exp.onnx, exp.meta)  # versions 2 and 3, same size as 1
+    size = len(exp.onnx)
+
+    async def main(limit_bytes: float):
+        m = await started(
+            store, tmp_path, eager_load=False, session_cache_mb=limit_bytes / (1024 * 1024)
+        )
+        try:
+            states = []
+            for v in (1, 2, 3):
+                await m.predict(iris_query(version=v))
+                states.append([m.version_status("iris", n)[0] for n in (1, 2, 3)])
+            return states, m._loaded_bytes()
+        finally:
+            await m.close()
+
+    # Room for two files: the third load unloads the least recently used.
+    states, loaded = run(main(2.5 * size))
+    assert states[-1] == ["unloaded", "ready", "ready"] and loaded == 2 * size
+    # Room for none: each load still stays (alone), the previous one goes.
+    states, loaded = run(main(size / 2))
+    assert states == [
+        ["ready", "unloaded", "unloaded"],
+        ["unloaded", "ready", "unloaded"],
+        ["unloaded", "unloaded", "ready"],
+    ]
+    assert loaded == size
+
+
+def test_eager_loading_stops_at_the_byte_bound(tmp_path):
+    store = MemoryStore()
+    exp = sm.iris_logreg()
+    for name in ("a", "b", "c"):
+        store.publish(name, exp.onnx, exp.meta)
+
+    async def main():
+        m = await started(store, tmp_path, session_cache_mb=2.5 * len(exp.onnx) / (1024 * 1024))
+        try:
+            return [m.version_status(name, 1)[0] for name in ("a", "b", "c")]
+        finally:
+            await m.close()
+
+    assert run(main()) == ["ready", "ready", "unloaded"]
