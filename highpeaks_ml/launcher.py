@@ -17,19 +17,17 @@ health polling; the log). Here:
 - a server that exits first, or is not ready within ``timeout`` seconds, is
   killed and :class:`ServerStartError` carries the end of its log.
 
-The child runs this module (``python -m highpeaks_ml.launcher serve ...``),
-which calls the same CLI entry point as ``highpeaks-ml serve`` with the same
-arguments, after setting the ``highpeaks_ml.server`` logger to INFO: that
-logger writes only the lifecycle lines (listening, ready, received signal,
-shutting down, stopped), so callers can run the server at ``--log-level
-WARNING`` (no line per RPC) and the port and readiness can still be read.
+The child is ``python -m highpeaks_ml.cli serve ...``, the same entry point
+as ``highpeaks-ml serve``. The two lines are INFO, so keep ``--log-level`` at
+INFO (the default); to keep the per-RPC lines out of a benchmark, pass
+``--rpc-log off`` instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
-import logging
 import os
 import re
 import signal
@@ -117,12 +115,13 @@ class ServerProcess:
         timeout: float = 120.0,
     ) -> None:
         home = Path(home)
+        _check_log_level(extra)
         self.log_path = log_path or home.parent / f"server-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "w+b")  # noqa: SIM115 - closed in stop()
         argv = [
             sys.executable,
             "-m",
-            __name__,
+            "highpeaks_ml.cli",
             "serve",
             "--host",
             "127.0.0.1",
@@ -232,13 +231,12 @@ def _child_env(env: dict[str, str] | None) -> dict[str, str]:
     return out
 
 
-def _serve(argv: list[str]) -> int:
-    """The child: the CLI's entry point, with the lifecycle lines kept at any level."""
-    logging.getLogger(SERVER_LOGGER).setLevel(logging.INFO)
-    from highpeaks_ml.cli import main
-
-    return main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(_serve(sys.argv[1:]))
+def _check_log_level(extra: tuple[str, ...]) -> None:
+    """Refuse a level that hides the INFO start-up lines (the wait would only time out)."""
+    levels = [v for flag, v in itertools.pairwise(extra) if flag == "--log-level"]
+    levels += [a.split("=", 1)[1] for a in extra if a.startswith("--log-level=")]
+    if levels and levels[-1].upper() not in ("DEBUG", "INFO"):
+        raise ValueError(
+            f"--log-level {levels[-1]} hides the server's start-up lines the launcher reads;"
+            " keep INFO and pass --rpc-log off to leave out the line per RPC"
+        )

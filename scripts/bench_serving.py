@@ -9,7 +9,7 @@ What it does:
 1. Trains a LogisticRegression and a RandomForestClassifier (50 trees, depth
    8) on 20 synthetic features, exports both with skl2onnx and imports them
    through the registry API (ImportModel) of a server started as a
-   subprocess (``highpeaks-ml serve``, CPU provider, log level WARNING so
+   subprocess (``highpeaks-ml serve``, CPU provider, ``--rpc-log off`` so
    the per-RPC log line does not count).
 2. Prints one table (medians of repeated rounds, and ratios):
    - batch-1 unary latency p50/p99 against (a) onnxruntime called in this
@@ -95,8 +95,8 @@ async def _echo_server(size: int) -> None:
 
 
 def _server(home: Path, *extra: str) -> ServerProcess:
-    """``highpeaks-ml serve`` on loopback (CPU), logging at WARNING (no line per RPC)."""
-    return ServerProcess(home, "--log-level", "WARNING", *extra, device="cpu")
+    """``highpeaks-ml serve`` on loopback (CPU), without the log line per RPC."""
+    return ServerProcess(home, "--rpc-log", "off", *extra, device="cpu")
 
 
 class Echo:
@@ -519,7 +519,7 @@ def main() -> int:
     )
     print(
         f"\ncpu cores usable: {len(os.sched_getaffinity(0))}; latency calls per case: {lat_n};"
-        f" rate window: {rate_s}s; server log level WARNING",
+        f" rate window: {rate_s}s; server --rpc-log off",
         file=sys.stderr,
     )
     return 0

@@ -779,12 +779,12 @@ class Run:
         log.error("%s: %s", what, text)
 
     def start_server(self, device: str, *extra: str) -> Any:
-        """A server on this run's home, logging at WARNING (no line per RPC); it
+        """A server on this run's home, without the log line per RPC; it
         inherits this process's environment (the re-executed run's PYTHONPATH and
         LD_LIBRARY_PATH with the installed wheels)."""
         from highpeaks_ml.launcher import ServerProcess
 
-        server = ServerProcess(self.home, "--log-level", "WARNING", *extra, device=device)
+        server = ServerProcess(self.home, "--rpc-log", "off", *extra, device=device)
         self.servers.append(server)
         return server
 

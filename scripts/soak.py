@@ -83,9 +83,8 @@ FINAL_JOB_STATES = (
 def start_server(home: Path, extra: list[str]) -> ServerProcess:
     """``highpeaks-ml serve`` on 127.0.0.1 (port 0); its log next to the home.
 
-    The server logs at WARNING: one INFO line per RPC would grow the log by
-    hundreds of MB in ten minutes (the launcher still reads the port and
-    readiness from the server's start-up lines).
+    The server runs with ``--rpc-log off``: one INFO line per RPC would grow
+    the log by hundreds of MB in ten minutes.
     """
     try:
         return ServerProcess(home, *extra, device="cpu", log_path=home.parent / "soak-server.log")
@@ -501,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         home = args.home or Path(tmp) / "home"
         home.mkdir(parents=True, exist_ok=True)
-        server = start_server(home, ["--log-level", "WARNING", *args.server_arg])
+        server = start_server(home, ["--rpc-log", "off", *args.server_arg])
         try:
             return run(server, args)
         finally:

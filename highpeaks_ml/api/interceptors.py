@@ -30,6 +30,7 @@ from highpeaks_ml.api.auth import KNOWN_METHODS
 from highpeaks_ml.api.context import NO_SUBJECT, subject_var
 from highpeaks_ml.api.errors import status_for
 from highpeaks_ml.api.handlers import HandlerCache, rewrap_handler
+from highpeaks_ml.config import RpcLog
 from highpeaks_ml.logs import request_id_var
 from highpeaks_ml.metrics import Metrics
 
@@ -142,17 +143,19 @@ class _Call:
 
     def finish(self) -> None:
         elapsed = time.perf_counter() - self.start
-        level = logging.DEBUG if self.method.startswith(_QUIET_PREFIXES) else logging.INFO
-        log.log(
-            level,
-            "rpc",
-            extra={
-                "method": self.method[:200],
-                "code": self.code.name,
-                "ms": round(elapsed * 1000, 3),
-                "subject": subject_var.get(),
-            },
-        )
+        rpc_log = self.owner.rpc_log
+        if rpc_log == RpcLog.ALL or (rpc_log == RpcLog.ERRORS and self.code != grpc.StatusCode.OK):
+            level = logging.DEBUG if self.method.startswith(_QUIET_PREFIXES) else logging.INFO
+            log.log(
+                level,
+                "rpc",
+                extra={
+                    "method": self.method[:200],
+                    "code": self.code.name,
+                    "ms": round(elapsed * 1000, 3),
+                    "subject": subject_var.get(),
+                },
+            )
         if self.counted and self.owner.lifecycle is not None:
             self.owner.lifecycle.leave()
         metrics = self.owner.metrics
@@ -346,7 +349,8 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
 
     ``metrics`` (optional) receives the RPC counters; ``lifecycle`` (optional)
     makes new RPCs UNAVAILABLE once draining; ``default_subject`` is the caller
-    recorded before (or without) authentication.
+    recorded before (or without) authentication; ``rpc_log`` says which RPCs
+    get their log line.
     """
 
     def __init__(
@@ -354,10 +358,12 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
         metrics: Metrics | None = None,
         lifecycle: Lifecycle | None = None,
         default_subject: str = NO_SUBJECT,
+        rpc_log: RpcLog = RpcLog.ALL,
     ) -> None:
         self.metrics = metrics
         self.lifecycle = lifecycle
         self.default_subject = default_subject
+        self.rpc_log = rpc_log
         self._handlers = HandlerCache()
 
     async def intercept_service(

@@ -332,7 +332,7 @@ async def create_server(settings: Settings) -> tuple[Server, int]:
     # The error mapping is outermost, so authentication failures are mapped,
     # logged and counted like any other RPC outcome.
     interceptors: list[aio.ServerInterceptor] = [
-        ErrorMappingInterceptor(metrics, lifecycle, default_subject)
+        ErrorMappingInterceptor(metrics, lifecycle, default_subject, settings.rpc_log)
     ]
     if auth_interceptor is not None:
         interceptors.append(auth_interceptor)

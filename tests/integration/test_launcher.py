@@ -43,13 +43,19 @@ def test_a_started_server_answers_health_and_stops_cleanly(home):
     assert srv.log_path.parent == home.parent and srv.log_path.is_file()
 
 
-def test_quiet_json_logs_still_give_the_port_and_keep_rpc_lines_out(home):
-    # bench_serving, soak and gpu_check run at WARNING: no line per RPC.
-    with ServerProcess(home, "--log-level", "WARNING", "--log-format", "json") as srv:
+def test_json_logs_give_the_port_and_rpc_log_off_keeps_rpc_lines_out(home):
+    # bench_serving, soak and gpu_check run with --rpc-log off: no line per RPC.
+    with ServerProcess(home, "--rpc-log", "off", "--log-format", "json") as srv:
         assert _health(srv.target) == health_pb2.HealthCheckResponse.SERVING
+        channel = grpc.insecure_channel(srv.target)
+        with pytest.raises(grpc.RpcError):  # a failed call is not logged either
+            channel.unary_unary("/highpeaks_ml.v1.ModelRegistryService/ListModels")(
+                b"\xff", timeout=10
+            )
+        channel.close()
         srv.stop(grace_s=30)
         records = [json.loads(line) for line in srv.output().splitlines() if line.startswith("{")]
-    assert {r["logger"] for r in records if r["level"] == "INFO"} == {"highpeaks_ml.server"}
+    assert "highpeaks_ml.rpc" not in {r["logger"] for r in records}
     assert [r["msg"] for r in records if r["msg"] in ("listening", "ready", "stopped")] == [
         "listening",
         "ready",

@@ -136,3 +136,17 @@ def test_sigterm_goes_not_serving_then_exits_zero(server_process):
     out = proc.output()
     assert "received SIGTERM" in out and "stopped" in out
     channel.close()
+
+
+def test_rpc_log_errors_keeps_only_the_calls_that_failed(server_process):
+    proc = server_process("--rpc-log", "errors")
+    list_models = "/highpeaks_ml.v1.ModelRegistryService/ListModels"
+    with grpc.insecure_channel(proc.target) as channel:
+        call = channel.unary_unary(list_models)
+        call(b"", timeout=10)  # OK: not logged
+        with pytest.raises(grpc.RpcError) as err:
+            call(b"\xff", timeout=10)  # malformed: INVALID_ARGUMENT, logged
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert proc.terminate() == 0
+    lines = [ln for ln in proc.output().splitlines() if " rpc method=" in ln]
+    assert len(lines) == 1 and "code=INVALID_ARGUMENT" in lines[0], lines

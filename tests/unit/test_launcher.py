@@ -76,3 +76,12 @@ def test_the_child_gets_the_checkout_first_on_its_path_once(monkeypatch):
     # gpu_check's re-executed run: its site folder stays ahead of the checkout.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/tmp/site", root]))
     assert launcher._child_env(None)["PYTHONPATH"] == os.pathsep.join(["/tmp/site", root])
+
+
+def test_a_log_level_that_hides_the_start_up_lines_is_refused_at_once(tmp_path):
+    from highpeaks_ml.launcher import ServerProcess
+
+    for extra in (("--log-level", "WARNING"), ("--log-level=ERROR",)):
+        with pytest.raises(ValueError, match="--rpc-log off"):
+            ServerProcess(tmp_path / "home", *extra)
+    assert not list(tmp_path.iterdir())  # nothing started, no log file
