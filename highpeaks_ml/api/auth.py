@@ -28,11 +28,10 @@ The rules:
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +44,7 @@ from grpc import aio
 
 from highpeaks_ml import errors
 from highpeaks_ml.api.context import subject_var
-from highpeaks_ml.api.handlers import HandlerCache, rewrap_handler
+from highpeaks_ml.api.handlers import HandlerCache, before, rewrap_handler
 from highpeaks_ml.config import AuthMode, ConfigError, Settings
 
 log = logging.getLogger("highpeaks_ml.auth")
@@ -395,23 +394,12 @@ def _wrap(
     behavior: Callable[..., Any], check: Callable[[aio.ServicerContext], None]
 ) -> Callable[..., Any]:
     """``behavior`` run after ``check(context)``, of the same kind (coroutine or async gen)."""
-    if inspect.isasyncgenfunction(behavior):
 
-        async def gen(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-            check(context)
-            async for item in behavior(request, context):
-                yield item
-
-        return gen
-
-    async def unary(request: Any, context: aio.ServicerContext) -> Any:
+    def checked(request: Any, context: aio.ServicerContext) -> Any:
         check(context)
-        result = behavior(request, context)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        return request
 
-    return unary
+    return before(behavior, checked)
 
 
 def _refusal(check: Callable[[aio.ServicerContext], None]) -> grpc.RpcMethodHandler:

@@ -9,10 +9,12 @@ reads what differs per call (the metadata) from the call's context.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from grpc import aio
 
 #: ``wrap(behavior, request_streaming, response_streaming) -> behavior``
 Wrapper = Callable[[Callable[..., Any], bool, bool], Callable[..., Any]]
@@ -41,6 +43,33 @@ def rewrap_handler(
         return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, False, True), **kw)
     assert handler.stream_stream is not None
     return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True, True), **kw)
+
+
+def before(
+    behavior: Callable[..., Any], prepare: Callable[[Any, aio.ServicerContext], Any]
+) -> Callable[..., Any]:
+    """``behavior`` of the same kind (coroutine or async generator) that gets
+    ``prepare(request, context)`` instead of the request.
+
+    ``prepare`` runs first, before ``behavior`` is called, so what it raises
+    ends the call with nothing of the handler run. It returns the request to
+    hand on (the same one, or a checking wrapper around a request stream).
+    """
+    if inspect.isasyncgenfunction(behavior):
+
+        async def gen(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            async for item in behavior(prepare(request, context), context):
+                yield item
+
+        return gen
+
+    async def unary(request: Any, context: aio.ServicerContext) -> Any:
+        result = behavior(prepare(request, context), context)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    return unary
 
 
 class HandlerCache:

@@ -29,7 +29,7 @@ from highpeaks_ml import errors
 from highpeaks_ml.api.auth import KNOWN_METHODS
 from highpeaks_ml.api.context import NO_SUBJECT, subject_var
 from highpeaks_ml.api.errors import status_for
-from highpeaks_ml.api.handlers import HandlerCache, rewrap_handler
+from highpeaks_ml.api.handlers import HandlerCache, before, rewrap_handler
 from highpeaks_ml.config import RpcLog
 from highpeaks_ml.logs import request_id_var
 from highpeaks_ml.metrics import Metrics
@@ -283,28 +283,14 @@ def _guard(behavior: Callable[..., Any], streaming_request: bool) -> Callable[..
     """``behavior`` of the same kind (coroutine or async generator) that raises
     InvalidArgument for a ``Malformed`` request instead of handing it over."""
 
-    def checked(request: Any) -> Any:
+    def checked(request: Any, _context: aio.ServicerContext) -> Any:
         if streaming_request:
             return _checked(request)
         if isinstance(request, Malformed):
             raise request.error()
         return request
 
-    if inspect.isasyncgenfunction(behavior):
-
-        async def gen(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-            async for item in behavior(checked(request), context):
-                yield item
-
-        return gen
-
-    async def unary(request: Any, context: aio.ServicerContext) -> Any:
-        result = behavior(checked(request), context)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
-
-    return unary
+    return before(behavior, checked)
 
 
 class MalformedRequestInterceptor(aio.ServerInterceptor):
