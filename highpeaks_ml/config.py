@@ -61,6 +61,15 @@ class ConfigError(Exception):
     """A setting that parses but cannot be used (an unreadable key or certificate file)."""
 
 
+def read_setting_file(path: Any, setting: str) -> bytes:
+    """The bytes of the file a setting names (key, certificate, JWKS); ConfigError if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+
+
 class GraphOptimization(enum.StrEnum):
     """onnxruntime graph optimisation level."""
 

@@ -45,7 +45,7 @@ from grpc import aio
 from highpeaks_ml import errors
 from highpeaks_ml.api.context import subject_var
 from highpeaks_ml.api.handlers import HandlerCache, before, rewrap_handler
-from highpeaks_ml.config import AuthMode, ConfigError, Settings
+from highpeaks_ml.config import AuthMode, ConfigError, Settings, read_setting_file
 
 log = logging.getLogger("highpeaks_ml.auth")
 
@@ -157,14 +157,6 @@ def _algorithms_for(key: Any) -> frozenset[str]:
     return frozenset()
 
 
-def _read(path: Any, setting: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
-
-
 def _load_public_key(data: bytes) -> Any:
     if b"-----BEGIN CERTIFICATE-----" in data:
         return x509.load_pem_x509_certificate(data).public_key()
@@ -188,14 +180,14 @@ def load_keys(settings: Settings) -> list[_Key]:
         keys.append(_Key(key, algs, kid, source))
 
     if settings.jwt_public_key_file:
-        data = _read(settings.jwt_public_key_file, "jwt_public_key_file")
+        data = read_setting_file(settings.jwt_public_key_file, "jwt_public_key_file")
         try:
             key = _load_public_key(data)
         except ValueError:
             raise ConfigError("jwt_public_key_file: not a PEM public key or certificate") from None
         add(key, None, "jwt_public_key_file")
     if settings.jwt_jwks_file:
-        data = _read(settings.jwt_jwks_file, "jwt_jwks_file")
+        data = read_setting_file(settings.jwt_jwks_file, "jwt_jwks_file")
         try:
             jwks = json.loads(data)
             entries = jwks["keys"]
@@ -227,7 +219,7 @@ def load_keys(settings: Settings) -> list[_Key]:
             # they are accepted only with an HS algorithm explicitly listed.
             add(key, kid, f"{where} ({kid!r})", only=entry.get("alg"))
     if settings.jwt_secret_file:
-        secret = _read(settings.jwt_secret_file, "jwt_secret_file").rstrip(b"\r\n")
+        secret = read_setting_file(settings.jwt_secret_file, "jwt_secret_file").rstrip(b"\r\n")
         if len(secret) < _MIN_SECRET_BYTES:
             raise ConfigError(
                 f"jwt_secret_file: the secret must be at least {_MIN_SECRET_BYTES} bytes"

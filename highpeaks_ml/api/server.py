@@ -31,7 +31,7 @@ from highpeaks_ml.api.interceptors import (
     Lifecycle,
     MalformedRequestInterceptor,
 )
-from highpeaks_ml.config import AuthMode, ConfigError, Settings
+from highpeaks_ml.config import AuthMode, ConfigError, Settings, read_setting_file
 from highpeaks_ml.memory import keep_freed_memory
 from highpeaks_ml.v1 import predict_pb2, registry_pb2, train_pb2
 
@@ -218,14 +218,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _read_pem(path: Any, setting: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
-
-
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS (and mTLS with a client CA) from the configured PEM files, or None."""
     if not settings.tls_cert_file or not settings.tls_key_file:
@@ -233,8 +225,8 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    cert = _read_pem(settings.tls_cert_file, "tls_cert_file")
-    key = _read_pem(settings.tls_key_file, "tls_key_file")
+    cert = read_setting_file(settings.tls_cert_file, "tls_cert_file")
+    key = read_setting_file(settings.tls_key_file, "tls_key_file")
     # Check the pair here: grpc would only fail at the first handshake.
     try:
         leaf = x509.load_pem_x509_certificate(cert)
@@ -250,7 +242,7 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         raise ConfigError("tls_key_file does not match the certificate in tls_cert_file")
     client_ca = None
     if settings.tls_client_ca_file:
-        client_ca = _read_pem(settings.tls_client_ca_file, "tls_client_ca_file")
+        client_ca = read_setting_file(settings.tls_client_ca_file, "tls_client_ca_file")
         try:
             x509.load_pem_x509_certificates(client_ca)
         except ValueError:
