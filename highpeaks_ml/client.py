@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from highpeaks_ml.v1 import predict_pb2_grpc, registry_pb2_grpc, train_pb2_grpc
+from highpeaks_ml.v1 import common_pb2, predict_pb2_grpc, registry_pb2_grpc, train_pb2_grpc
 
 #: Methods safe to repeat: reading, predicting, health, and setting an alias
 #: (the same version again changes nothing).
@@ -70,6 +70,15 @@ def service_config() -> str:
         for method in methods
     ]
     return json.dumps({"methodConfig": [{"name": names, "retryPolicy": RETRY_POLICY}]})
+
+
+def _task_enum(task: str | None) -> common_pb2.Task:
+    """The Task enum of "classification", "regression" or None (not given)."""
+    from highpeaks_ml.api.converters.registry import TASK_TO_PROTO
+
+    if task is not None and (not task or task not in TASK_TO_PROTO):
+        raise ValueError(f"unknown task {task!r}: use classification or regression")
+    return TASK_TO_PROTO[task or ""]
 
 
 class Client:
@@ -160,8 +169,6 @@ class Client:
 
     @staticmethod
     def _ref(name: str, version: int | None, alias: str | None) -> Any:
-        from highpeaks_ml.v1 import common_pb2
-
         if version is not None and alias is not None:
             raise ValueError("give a version or an alias, not both")
         if version is not None:
@@ -220,15 +227,9 @@ class Client:
         """
         import hashlib
 
-        from highpeaks_ml.v1 import common_pb2, registry_pb2
+        from highpeaks_ml.v1 import registry_pb2
 
-        tasks = {
-            None: common_pb2.TASK_UNSPECIFIED,
-            "classification": common_pb2.TASK_CLASSIFICATION,
-            "regression": common_pb2.TASK_REGRESSION,
-        }
-        if task not in tasks:
-            raise ValueError(f"unknown task {task!r}: use classification or regression")
+        task_enum = _task_enum(task)
         if isinstance(path_or_bytes, bytes):
             data = path_or_bytes
         else:
@@ -236,7 +237,7 @@ class Client:
                 data = f.read()
         info = registry_pb2.ImportModelInfo(
             model_name=name,
-            task=tasks[task],
+            task=task_enum,
             class_labels=list(class_labels),
             aliases=list(aliases),
             description=description,
@@ -453,15 +454,9 @@ class Client:
         """
         from google.protobuf import struct_pb2
 
-        from highpeaks_ml.v1 import common_pb2, train_pb2
+        from highpeaks_ml.v1 import train_pb2
 
-        tasks = {
-            None: common_pb2.TASK_UNSPECIFIED,
-            "classification": common_pb2.TASK_CLASSIFICATION,
-            "regression": common_pb2.TASK_REGRESSION,
-        }
-        if task not in tasks:
-            raise ValueError(f"unknown task {task!r}: use classification or regression")
+        task_enum = _task_enum(task)
         hyper = struct_pb2.Struct()
         hyper.update(dict(params or {}))
         req = train_pb2.StartTrainingRequest(
@@ -470,7 +465,7 @@ class Client:
             hyperparameters=hyper,
             dataset=self._dataset_ref(dataset),
             target_column=target or "",
-            task=tasks[task],
+            task=task_enum,
             test_size=test_size,
             idempotency_key=idempotency_key,
             aliases=list(aliases),

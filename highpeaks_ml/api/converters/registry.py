@@ -19,12 +19,13 @@ StatusFn = Callable[[str, int], LoadStatus]
 
 UNLOADED: LoadStatus = ("unloaded", "", "")
 
+#: Domain task name ("" = not given) <-> the Task enum; shared by every converter.
 TASK_TO_PROTO = {
     "classification": common_pb2.TASK_CLASSIFICATION,
     "regression": common_pb2.TASK_REGRESSION,
     "": common_pb2.TASK_UNSPECIFIED,
 }
-TASK_FROM_PROTO = {v: k for k, v in TASK_TO_PROTO.items()}
+TASK_FROM_PROTO: dict[int, str] = {int(v): k for k, v in TASK_TO_PROTO.items()}
 
 DTYPE_TO_PROTO = {
     "float32": common_pb2.DATA_TYPE_FLOAT32,

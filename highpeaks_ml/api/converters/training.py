@@ -8,18 +8,12 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
+from highpeaks_ml.api.converters.registry import TASK_FROM_PROTO, TASK_TO_PROTO
 from highpeaks_ml.errors import InvalidArgument
 from highpeaks_ml.training.catalogue import Algorithm, Param
 from highpeaks_ml.training.datasets import CATEGORICAL, NUMERIC, DatasetInfo
 from highpeaks_ml.training.jobs import STATES, DatasetSource, Job, TrainRequest
 from highpeaks_ml.v1 import common_pb2, train_pb2
-
-TASK_TO_PROTO = {
-    "classification": common_pb2.TASK_CLASSIFICATION,
-    "regression": common_pb2.TASK_REGRESSION,
-    "": common_pb2.TASK_UNSPECIFIED,
-}
-TASK_FROM_PROTO: dict[int, str] = {int(v): k for k, v in TASK_TO_PROTO.items()}
 
 _PARAM_TYPES = {
     "int": train_pb2.PARAM_TYPE_INT,
