@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from highpeaks_ml.cli.common import (
     to_dict,
     with_client,
 )
+from highpeaks_ml.storage import write_atomic
 
 _TASKS = {"classification": "classification", "regression": "regression"}
 
@@ -180,18 +179,11 @@ def _import(client: Any, args: argparse.Namespace) -> int:
 def _export(client: Any, args: argparse.Namespace) -> int:
     data = client.download_model(args.name, version=args.version, alias=args.alias)
     out: Path = args.output
-    # Write next to the target and rename, so a failed export never leaves a
+    # Written next to the target and renamed: a failed export never leaves a
     # truncated file under the requested name.
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
+        write_atomic(out, data)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise SystemExit(f"error: cannot write {out}: {exc.strerror}") from None
     print(f"wrote {out} ({len(data)} bytes)", file=sys.stderr)
     return 0
