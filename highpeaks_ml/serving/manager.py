@@ -367,9 +367,8 @@ class ModelManager:
             feeds, rows = plan.feeds(data, max_rows)
             if rows == 0:
                 return plan.assemble(names, plan.empty_outputs(names), lv.provider, 0, as_names)
-            if lv.inline_ok(feeds, rows) and (lv.batcher is None or not lv.batcher.max_delay_s):
-                # Cheaper than the hop to the thread pool (see inline_ok). Not
-                # with a batching delay: that asks for requests to wait and merge.
+            if lv.inline_ok(feeds, rows):
+                # Cheaper than the hop to the thread pool (see inline_ok).
                 outs = lv.run(feeds, queued_at=time.perf_counter())
                 metrics.record_inline_run(lv.meta.model_name, lv.meta.version)
             elif lv.batcher is not None and rows < lv.batcher.max_rows:
@@ -517,12 +516,15 @@ class ModelManager:
             [(i.name, i.type, i.shape) for i in session.get_inputs()],
             [(o.name, o.type, o.shape) for o in session.get_outputs()],
         )
+        settings = self.settings
+        # A batching delay asks requests to wait for company and merge: no inline runs then.
+        merging = settings.batching and plan.batchable and settings.max_batch_delay_us > 0
         lv = LoadedVersion(
             meta,
             session,
             plan,
             session.get_providers()[0],
-            inline_limit_s=self.settings.inline_inference_us / 1e6,
+            inline_limit_s=0.0 if merging else settings.inline_inference_us / 1e6,
         )
         if self.settings.warmup:
             try:
