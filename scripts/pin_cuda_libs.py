@@ -33,7 +33,8 @@ MARKER = "# --- CUDA/cuDNN wheels of onnxruntime-gpu[cuda,cudnn] (Docker image o
 EXTRAS = "cuda,cudnn"
 
 
-def _norm(name: str) -> str:
+def normalise(name: str) -> str:
+    """A package name as pip compares them (PEP 503)."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
@@ -48,11 +49,12 @@ def split(text: str) -> tuple[list[str], list[str]]:
 
 
 def pins(lines: list[str]) -> dict[str, str]:
+    """Normalised name -> version of every ``name==version`` line (comments skipped)."""
     out = {}
     for line in lines:
         if "==" in line and not line.lstrip().startswith("#"):
             name, version = line.split(";")[0].strip().split("==", 1)
-            out[_norm(name)] = version.strip()
+            out[normalise(name)] = version.strip()
     return out
 
 
@@ -83,7 +85,7 @@ def resolve(base: list[str]) -> dict[str, str]:
             check=True,
         )
         data = json.loads(report.read_text())
-    return {_norm(i["metadata"]["name"]): i["metadata"]["version"] for i in data["install"]}
+    return {normalise(i["metadata"]["name"]): i["metadata"]["version"] for i in data["install"]}
 
 
 def main() -> int:

@@ -25,12 +25,7 @@ def _broken_model(home: Path) -> None:
     """A version whose file no longer matches its sha256: Predict answers UNAVAILABLE."""
     store = LocalModelStore(home)
     store.start()
-    iris = sm.iris_logreg()
-    store.publish("broken", iris.onnx, iris.meta)
-    onnx_file = home / "models" / "broken" / "versions" / "1" / "model.onnx"
-    data = bytearray(onnx_file.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    onnx_file.write_bytes(bytes(data))
+    sm.publish_broken(store, home)
 
 
 def _attempts(server: ServerProcess, before: int, want: int) -> int:

@@ -18,7 +18,6 @@ import sys
 import zipfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pytest
 
@@ -234,15 +233,12 @@ def test_a_wheel_repacked_as_xz_unpacks_to_its_files(tmp_path: Path) -> None:
 
 
 def test_the_wheel_list_matches_the_pinned_constraints() -> None:
-    def pins(path: Path) -> dict[str, str]:
-        out: dict[str, Any] = {}
-        for line in path.read_text().splitlines():
-            if "==" in line and not line.startswith("#"):
-                name, version = line.strip().split("==")
-                out[re.sub(r"[-_.]+", "-", name).lower()] = version
-        return out
-
-    wanted = pins(ROOT / "scripts" / "gpu_wheels.txt")
-    pinned = pins(ROOT / "constraints.txt")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from pin_cuda_libs import pins
+    finally:
+        sys.path.pop(0)
+    wanted = pins((ROOT / "scripts" / "gpu_wheels.txt").read_text().splitlines())
+    pinned = pins((ROOT / "constraints.txt").read_text().splitlines())
     assert "onnxruntime-gpu" in wanted and "skl2onnx" in wanted
     assert {name: pinned.get(name) for name in wanted} == wanted

@@ -38,7 +38,6 @@ DOMAIN_METRICS = {
 @pytest.fixture(scope="module")
 def metered(tmp_path_factory) -> Iterator[tuple[ServerProcess, int]]:
     tmp = tmp_path_factory.mktemp("metrics")
-    (tmp / "secret").write_bytes(SECRET)
     home = tmp / "home"
     home.mkdir()
     port = sec.free_port()
@@ -46,11 +45,7 @@ def metered(tmp_path_factory) -> Iterator[tuple[ServerProcess, int]]:
         home,
         "--metrics-port",
         str(port),
-        env={
-            "HIGHPEAKS_ML_AUTH_MODE": "jwt",
-            "HIGHPEAKS_ML_JWT_ALGORITHMS": "HS256",
-            "HIGHPEAKS_ML_JWT_SECRET_FILE": str(tmp / "secret"),
-        },
+        env=sec.hs256_env(tmp, SECRET),
     )
     yield proc, port
     proc.stop()

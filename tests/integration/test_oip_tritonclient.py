@@ -61,12 +61,7 @@ def seed(home: Path) -> None:
         sm.imported_logreg(),
     ):
         store.publish(exp.meta.model_name, exp.onnx, exp.meta)
-    iris = sm.iris_logreg()
-    store.publish("broken", iris.onnx, iris.meta)
-    onnx_file = home / "models" / "broken" / "versions" / "1" / "model.onnx"
-    data = bytearray(onnx_file.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # the sha256 no longer matches: the version cannot load
-    onnx_file.write_bytes(bytes(data))
+    sm.publish_broken(store, home)
 
 
 def _home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
@@ -774,17 +769,12 @@ def test_statistics_show_batching_and_count_both_front_doors(tmp_path_factory):
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory) -> Iterator[tuple[ServerProcess, int]]:
     tmp = tmp_path_factory.mktemp("oip-auth")
-    (tmp / "secret").write_bytes(SECRET)
     port = sec.free_port()
     proc = ServerProcess(
         _home(tmp_path_factory, "oip-auth-home"),
         "--metrics-port",
         str(port),
-        env={
-            "HIGHPEAKS_ML_AUTH_MODE": "jwt",
-            "HIGHPEAKS_ML_JWT_ALGORITHMS": "HS256",
-            "HIGHPEAKS_ML_JWT_SECRET_FILE": str(tmp / "secret"),
-        },
+        env=sec.hs256_env(tmp, SECRET),
     )
     yield proc, port
     proc.stop()

@@ -40,11 +40,7 @@ def seed(home: Path) -> None:
     store.publish("iris", iris2.onnx, iris2.meta)
     for exp in (sm.iris_forest_string_labels(), sm.linear_regressor(), sm.mixed_classifier()):
         store.publish(exp.meta.model_name, exp.onnx, exp.meta)
-    store.publish("broken", iris.onnx, iris.meta)
-    onnx_file = home / "models" / "broken" / "versions" / "1" / "model.onnx"
-    data = bytearray(onnx_file.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one flipped byte: the sha256 no longer matches
-    onnx_file.write_bytes(bytes(data))
+    sm.publish_broken(store, home)
 
 
 def _start(tmp_path_factory: pytest.TempPathFactory, *extra: str) -> ServerProcess:

@@ -519,15 +519,9 @@ def test_created_by_is_the_authenticated_caller(tmp_path_factory, tmp_path):
     from tests.support import security as sec
 
     secret = b"s" * 40
-    (tmp_path / "secret").write_bytes(secret)
     home = tmp_path_factory.mktemp("training-auth") / "home"
     home.mkdir()
-    env = {
-        "HIGHPEAKS_ML_AUTH_MODE": "jwt",
-        "HIGHPEAKS_ML_JWT_ALGORITHMS": "HS256",
-        "HIGHPEAKS_ML_JWT_SECRET_FILE": str(tmp_path / "secret"),
-    }
-    server = ServerProcess(home, env=env)
+    server = ServerProcess(home, env=sec.hs256_env(tmp_path, secret))
     try:
         claims = sec.claims(f"{PREDICT} {TRAIN} {ADMIN}", sub="alice")
         with Client(server.target, timeout=60, token=sec.token(secret, claims, "HS256")) as c:

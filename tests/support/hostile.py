@@ -212,11 +212,7 @@ def seed(home: Path) -> None:
     slow = sm.deep_forest()
     store.publish("slow", slow.onnx, slow.meta)
     store.publish("race", iris.onnx, iris.meta, ("production",))
-    store.publish("broken", iris.onnx, iris.meta)
-    onnx_file = home / "models" / "broken" / "versions" / "1" / "model.onnx"
-    data = bytearray(onnx_file.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # the sha256 no longer matches
-    onnx_file.write_bytes(bytes(data))
+    sm.publish_broken(store, home)
 
 
 def open_fds(proc: ServerProcess) -> int:

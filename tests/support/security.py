@@ -35,6 +35,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def hs256_env(directory: Path, secret: bytes) -> dict[str, str]:
+    """Server environment for JWT auth with one HS256 ``secret`` (written to ``directory``)."""
+    path = directory / "secret"
+    path.write_bytes(secret)
+    return {
+        "HIGHPEAKS_ML_AUTH_MODE": "jwt",
+        "HIGHPEAKS_ML_JWT_ALGORITHMS": "HS256",
+        "HIGHPEAKS_ML_JWT_SECRET_FILE": str(path),
+    }
+
+
 def rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 

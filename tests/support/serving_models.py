@@ -280,3 +280,14 @@ def rows_of(X: Any, names: tuple[str, ...] | None = None) -> list[dict[str, Any]
 def with_version(exp: Exported, version: int) -> VersionMeta:
     """``exp.meta`` numbered ``version``."""
     return replace(exp.meta, version=version)
+
+
+def publish_broken(store: Any, home: Any, name: str = "broken") -> None:
+    """Publish iris as ``name`` v1 in the LocalModelStore ``store`` at ``home``, then flip
+    one byte of its file: the sha256 no longer matches, so the version cannot load."""
+    iris = iris_logreg()
+    store.publish(name, iris.onnx, iris.meta)
+    onnx_file = home / "models" / name / "versions" / "1" / "model.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))

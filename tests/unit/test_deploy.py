@@ -812,12 +812,12 @@ def test_the_images_cuda_wheels_are_pinned_in_constraints():
 
     from packaging.requirements import Requirement
 
-    text = (ROOT / "constraints.txt").read_text()
-    pinned = {}
-    for line in text.splitlines():
-        if "==" in line and not line.startswith("#"):
-            name, version = line.split("==", 1)
-            pinned[re.sub(r"[-_.]+", "-", name).lower()] = version
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import pin_cuda_libs
+    finally:
+        sys.path.pop(0)
+    pinned = pin_cuda_libs.pins((ROOT / "constraints.txt").read_text().splitlines())
     try:
         requires = importlib.metadata.requires("onnxruntime-gpu") or []
     except importlib.metadata.PackageNotFoundError:
@@ -829,7 +829,7 @@ def test_the_images_cuda_wheels_are_pinned_in_constraints():
             wanted.append(req)
     assert len(wanted) >= 5
     for req in wanted:
-        name = re.sub(r"[-_.]+", "-", req.name).lower()
+        name = pin_cuda_libs.normalise(req.name)
         assert name in pinned, f"{name} is not pinned in constraints.txt (make lock)"
         assert req.specifier.contains(pinned[name]), (name, pinned[name], str(req.specifier))
     assert "scripts/pin_cuda_libs.py" in (ROOT / "Makefile").read_text()
