@@ -19,7 +19,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -28,6 +27,7 @@ from highpeaks_ml.api.server import PUBLIC_SERVICES
 from highpeaks_ml.v1 import predict_pb2, registry_pb2, train_pb2
 from tests.conftest import ServerProcess
 from tests.support import security as sec
+from tests.support.hostile import served_methods
 
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -159,22 +159,9 @@ def test_every_public_method_has_a_scope():
 def test_every_served_method_is_in_the_table(chan):
     """Whatever services the server registers (OIP included, once it is there),
     each of their methods has an entry: a new RPC cannot ship without one."""
-    stub = reflection_pb2_grpc.ServerReflectionStub(chan)
-    (listing,) = stub.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
-    )
-    served = set()
-    for svc in listing.list_services_response.service:
-        if svc.name.startswith(("grpc.health.", "grpc.reflection.")):
-            continue
-        req = reflection_pb2.ServerReflectionRequest(file_containing_symbol=svc.name)
-        (resp,) = stub.ServerReflectionInfo(iter([req]), timeout=10)
-        for raw in resp.file_descriptor_response.file_descriptor_proto:
-            fd = descriptor_pb2.FileDescriptorProto.FromString(raw)
-            for service in fd.service:
-                full = f"{fd.package}.{service.name}" if fd.package else service.name
-                if full == svc.name:
-                    served.update(f"/{full}/{m.name}" for m in service.method)
+    served = {
+        m for m in served_methods(chan) if not m.startswith(("/grpc.health.", "/grpc.reflection."))
+    }
     assert len(served) >= len(METHODS)
     assert served <= set(METHOD_SCOPES), served - set(METHOD_SCOPES)
 

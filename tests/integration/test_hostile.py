@@ -32,9 +32,8 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import descriptor_pb2, struct_pb2
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from highpeaks_ml.api.auth import ADMIN, PREDICT, TRAIN
@@ -60,6 +59,7 @@ from tests.support.hostile import (
     method_table,
     open_fds,
     seed,
+    served_methods,
     snapshot,
     status_of,
     unchanged,
@@ -556,20 +556,7 @@ ODD = {
 
 def test_the_method_table_covers_what_the_server_serves(srv):
     """Reflection lists what is really served; each of its methods is in METHODS."""
-    stub = reflection_pb2_grpc.ServerReflectionStub(srv.stubs.channel)
-    (listing,) = stub.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
-    )
-    served = set()
-    for svc in listing.list_services_response.service:
-        req = reflection_pb2.ServerReflectionRequest(file_containing_symbol=svc.name)
-        (resp,) = stub.ServerReflectionInfo(iter([req]), timeout=10)
-        for raw in resp.file_descriptor_response.file_descriptor_proto:
-            fd = descriptor_pb2.FileDescriptorProto.FromString(raw)
-            for service in fd.service:
-                full = f"{fd.package}.{service.name}" if fd.package else service.name
-                if full == svc.name:
-                    served.update(f"/{full}/{m.name}" for m in service.method)
+    served = served_methods(srv.stubs.channel)
     assert len(served) >= 20
     assert served <= set(METHODS), served - set(METHODS)
 

@@ -258,3 +258,24 @@ def versions_of(stubs: Stubs, name: str) -> list[int]:
         return []
     model = stubs.registry.GetModel(registry_pb2.GetModelRequest(name=name))
     return [v.version for v in model.versions]
+
+
+def served_methods(channel: grpc.Channel) -> set[str]:
+    """Every method path (``/package.Service/Method``) the server lists through reflection."""
+    from grpc_reflection.v1alpha import reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    (listing,) = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+    )
+    served = set()
+    for svc in listing.list_services_response.service:
+        req = reflection_pb2.ServerReflectionRequest(file_containing_symbol=svc.name)
+        (resp,) = stub.ServerReflectionInfo(iter([req]), timeout=10)
+        for raw in resp.file_descriptor_response.file_descriptor_proto:
+            fd = descriptor_pb2.FileDescriptorProto.FromString(raw)
+            for service in fd.service:
+                full = f"{fd.package}.{service.name}" if fd.package else service.name
+                if full == svc.name:
+                    served.update(f"/{full}/{m.name}" for m in service.method)
+    return served
