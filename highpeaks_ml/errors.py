@@ -8,6 +8,32 @@ without leaking paths, tracebacks or internals.
 
 from __future__ import annotations
 
+#: Characters of a caller-supplied value that ``quote`` shows before cutting.
+#: Names are at most 63 characters, so a name of legal length is shown whole.
+QUOTE_CHARS = 64
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """A caller-supplied value (name, column, id) for an error message: its
+    ``repr``, or, when longer than ``limit`` characters, the first ``limit``
+    with an ellipsis and the full length: ``'aaaa…' (10240 characters)``.
+
+    Messages echo what the caller sent so the caller can find it, but a value
+    of any length must not make a message of any length (the API layer caps
+    every message too, as a safety net, where a cut is less readable).
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{clip(text, limit)!r} ({len(text)} characters)"
+
+
+def clip(value: object, limit: int = QUOTE_CHARS) -> str:
+    """``value`` as text, cut to ``limit`` characters with an ellipsis when longer
+    (for lists of caller-supplied names, where ``quote`` would be too wordy)."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
 
 class HighPeaksError(Exception):
     """Base of every error a caller may see. The message is client-facing."""

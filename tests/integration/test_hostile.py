@@ -34,6 +34,7 @@ import numpy as np
 import pytest
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from highpeaks_ml.api.auth import ADMIN, PREDICT, TRAIN
@@ -58,10 +59,13 @@ from tests.support.hostile import (
     log_errors,
     method_table,
     open_fds,
+    put_text,
     seed,
     served_methods,
+    served_request_types,
     snapshot,
     status_of,
+    text_fields,
     unchanged,
     versions_of,
 )
@@ -729,6 +733,245 @@ def test_oip_repository_calls_with_hostile_names(srv):
     )
 
 
+# --- long caller input: every message bounded ------------------------------------------
+
+#: A caller-supplied text of 10 KB (lowercase letters: only its length is wrong).
+LONG = "a" * 10240
+#: The most bytes of status details (and in-stream error messages), api/errors.py.
+MAX_DETAILS = 512
+OK = Code.OK
+
+
+def _long_bases() -> dict[str, list[Any]]:
+    """A valid request (the messages of the call) of every served method, to
+    put a 10 KB text into, one field at a time (the first message gets it)."""
+    r, t, h = registry_pb2, train_pb2, health_pb2
+    info = r.ImportModelInfo(model_name="bounded")
+    upload = t.DatasetUploadInfo(name="bounded")
+    return {
+        "/grpc.health.v1.Health/Check": [h.HealthCheckRequest()],
+        "/grpc.health.v1.Health/Watch": [h.HealthCheckRequest()],
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": [
+            reflection_pb2.ServerReflectionRequest(list_services="")
+        ],
+        "/highpeaks_ml.v1.ModelRegistryService/ListModels": [r.ListModelsRequest()],
+        "/highpeaks_ml.v1.ModelRegistryService/GetModel": [r.GetModelRequest(name="iris")],
+        "/highpeaks_ml.v1.ModelRegistryService/GetModelVersion": [
+            r.GetModelVersionRequest(model=_ref())
+        ],
+        "/highpeaks_ml.v1.ModelRegistryService/DownloadModelVersion": [
+            r.DownloadModelVersionRequest(model=_ref())
+        ],
+        "/highpeaks_ml.v1.ModelRegistryService/SetAlias": [
+            r.SetAliasRequest(model_name="iris", alias="staging", version=1)
+        ],
+        "/highpeaks_ml.v1.ModelRegistryService/DeleteAlias": [
+            r.DeleteAliasRequest(model_name="iris", alias="staging")
+        ],
+        "/highpeaks_ml.v1.ModelRegistryService/DeleteModelVersion": [
+            r.DeleteModelVersionRequest(model_name="iris", version=99)
+        ],
+        "/highpeaks_ml.v1.ModelRegistryService/ImportModel": list(_import_requests(info, ONNX)),
+        # One figure asked for, so that the figure's name is read (not only the model's).
+        "/highpeaks_ml.v1.ModelRegistryService/GetVersionReport": [
+            r.GetVersionReportRequest(
+                model=_ref(), format=r.REPORT_FORMAT_FIGURE, figure="confusion-matrix"
+            )
+        ],
+        "/highpeaks_ml.v1.ModelRegistryService/GetDriftReport": [
+            r.GetDriftReportRequest(model=_ref())
+        ],
+        "/highpeaks_ml.v1.PredictService/Predict": [good_predict()],
+        "/highpeaks_ml.v1.PredictService/PredictStream": [good_predict()],
+        "/highpeaks_ml.v1.TrainService/UploadDataset": list(_upload(upload)),
+        "/highpeaks_ml.v1.TrainService/GetDataset": [t.GetDatasetRequest(id="f" * 64)],
+        "/highpeaks_ml.v1.TrainService/ListDatasets": [t.ListDatasetsRequest()],
+        "/highpeaks_ml.v1.TrainService/ListAlgorithms": [t.ListAlgorithmsRequest()],
+        "/highpeaks_ml.v1.TrainService/StartTraining": [_train(model_name="bounded")],
+        "/highpeaks_ml.v1.TrainService/GetTrainingJob": [t.GetTrainingJobRequest(id="nope")],
+        "/highpeaks_ml.v1.TrainService/ListTrainingJobs": [t.ListTrainingJobsRequest()],
+        "/highpeaks_ml.v1.TrainService/CancelTrainingJob": [t.CancelTrainingJobRequest(id="nope")],
+        "/highpeaks_ml.v1.TrainService/WatchTrainingJob": [t.WatchTrainingJobRequest(id="nope")],
+        "/inference.GRPCInferenceService/ServerLive": [service_pb2.ServerLiveRequest()],
+        "/inference.GRPCInferenceService/ServerReady": [service_pb2.ServerReadyRequest()],
+        "/inference.GRPCInferenceService/ServerMetadata": [service_pb2.ServerMetadataRequest()],
+        "/inference.GRPCInferenceService/ModelReady": [service_pb2.ModelReadyRequest(name="iris")],
+        "/inference.GRPCInferenceService/ModelMetadata": [
+            service_pb2.ModelMetadataRequest(name="iris")
+        ],
+        "/inference.GRPCInferenceService/ModelStatistics": [
+            service_pb2.ModelStatisticsRequest(name="iris")
+        ],
+        "/inference.GRPCInferenceService/ModelInfer": [_infer(typed=FOUR)],
+        "/inference.GRPCInferenceService/ModelStreamInfer": [_infer(typed=FOUR)],
+        "/inference.GRPCInferenceService/RepositoryIndex": [service_pb2.RepositoryIndexRequest()],
+        "/inference.GRPCInferenceService/RepositoryModelLoad": [
+            service_pb2.RepositoryModelLoadRequest(model_name="iris")
+        ],
+        "/inference.GRPCInferenceService/RepositoryModelUnload": [
+            service_pb2.RepositoryModelUnloadRequest(model_name="scratch")
+        ],
+    }
+
+
+_CODE_OF = {code.value[0]: code for code in Code}
+PREDICT_STREAM = "/highpeaks_ml.v1.PredictService/PredictStream"
+MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+_HEALTH = "/grpc.health.v1.Health/"
+_REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+_TRAIN = "/highpeaks_ml.v1.TrainService/"
+_OIP = "/inference.GRPCInferenceService/"
+#: The code a 10 KB text in each field gets where it is not INVALID_ARGUMENT:
+#: NOT_FOUND for an id nobody has; OK where the text is the caller's own (a
+#: correlation id echoed back, a list filter, parameters the protocol lets a
+#: server ignore), where ModelReady answers false, and for grpc's health and
+#: reflection services (which answer unknown names in their own way).
+LONG_EXPECTED: dict[tuple[str, str], grpc.StatusCode] = {
+    (_HEALTH + "Check", "service"): NOT_FOUND,
+    (_HEALTH + "Watch", "service"): OK,
+    **{
+        (_REFLECTION, p): OK for p in text_fields(reflection_pb2.ServerReflectionRequest.DESCRIPTOR)
+    },
+    ("/highpeaks_ml.v1.PredictService/Predict", "id"): OK,
+    (PREDICT_STREAM, "id"): OK,
+    (_TRAIN + "GetTrainingJob", "id"): NOT_FOUND,
+    (_TRAIN + "CancelTrainingJob", "id"): NOT_FOUND,
+    (_TRAIN + "WatchTrainingJob", "id"): NOT_FOUND,
+    (_TRAIN + "ListTrainingJobs", "model_name"): OK,
+    **{
+        (m, p): OK
+        for m in (MODEL_INFER, MODEL_STREAM_INFER)
+        for p in ("id", "parameters{}", "inputs.parameters{}")
+    },
+    (_OIP + "ModelReady", "name"): OK,
+    (_OIP + "ModelReady", "version"): OK,
+}
+
+
+def _long_cases() -> list[tuple[str, str]]:
+    return [
+        (method, path)
+        for method, reqs in sorted(_long_bases().items())
+        for path in text_fields(reqs[0].DESCRIPTOR)
+    ]
+
+
+def test_long_text_cases_cover_every_served_method(srv):
+    """What reflection serves, method by method and text field by text field,
+    is what the 10 KB test below sends (a new method or field must get a case)."""
+    served = served_request_types(srv.stubs.channel)
+    bases = _long_bases()
+    assert set(served) == set(bases), set(served) ^ set(bases)
+    for method, request in served.items():
+        assert text_fields(request) == text_fields(bases[method][0].DESCRIPTOR), method
+
+
+@pytest.mark.parametrize(("method", "path"), _long_cases())
+def test_10kb_text_in_every_field_of_every_method(srv, method, path):
+    """A 10 KB name, column, id... in any text field of any served method: the
+    call gets its real status (never RESOURCE_EXHAUSTED for oversized metadata,
+    never UNKNOWN/INTERNAL) with details of at most 512 bytes that quote at most
+    a short piece of the text; the streams answer in-stream, as small. A refused
+    call changes nothing on disk, and the server serves on."""
+    reqs = _long_bases()[method]
+    put_text(reqs[0], path, LONG)
+    expected = LONG_EXPECTED.get((method, path), INVALID)
+    responses: list[bytes] = []
+    with unchanged(srv.home) if expected != OK else contextlib.nullcontext():
+        code, details = call_raw(
+            srv.stubs.channel,
+            method,
+            METHODS[method],
+            [m.SerializeToString() for m in reqs],
+            responses=responses,
+        )
+    if method == PREDICT_STREAM and code == OK:
+        answer = predict_pb2.PredictStreamResponse.FromString(responses[0])
+        if answer.HasField("error"):
+            code, details = _CODE_OF[answer.error.code], answer.error.message
+    elif method == MODEL_STREAM_INFER and code == OK:
+        details = service_pb2.ModelStreamInferResponse.FromString(responses[0]).error_message
+        # No code in-stream: ModelInfer's, whose status details the message repeats.
+        code, unary = call_raw(
+            srv.stubs.channel, MODEL_INFER, (False, False), [reqs[0].SerializeToString()]
+        )
+        assert details == unary, (details[:200], unary[:200])
+    assert code == expected, (code, details[:200])
+    assert len(details.encode()) <= MAX_DETAILS, (len(details.encode()), details[:200])
+    # Caller text is quoted cut (errors.quote), not left to the cap's blind cut.
+    assert "a" * 100 not in details, details[:200]
+    assert_serves(srv.stubs)
+
+
+def _hyperparameters(**values: Any) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(values)
+    return out
+
+
+#: 10 KB caller text in values rather than names: cells, categories, choices, CSV headers.
+LONG_VALUES: dict[str, tuple[Callable[[Stubs], Any], grpc.StatusCode]] = {
+    "string for a numeric feature": (lambda s: s.predict.Predict(_rows_with(LONG)), INVALID),
+    "string hyperparameter": (
+        lambda s: s.train.StartTraining(
+            _train(hyperparameters=_hyperparameters(class_weight=LONG))
+        ),
+        INVALID,
+    ),
+    "CSV header column, unknown target": (
+        lambda s: s.train.UploadDataset(
+            _upload(
+                train_pb2.DatasetUploadInfo(name="bounded", target_column="nope"),
+                f"{LONG},b\n1,x\n2,y\n".encode(),
+            )
+        ),
+        INVALID,
+    ),
+    "inline dataset cell in a numeric column": (
+        lambda s: s.train.StartTraining(
+            _train(
+                dataset=train_pb2.DatasetRef(
+                    inline=train_pb2.InlineDataset(
+                        rows=[_hyperparameters(x=1.0, target=0.0)] * 3
+                        + [_hyperparameters(x=LONG, target=1.0)]
+                    )
+                ),
+                target_column="target",
+                task=common_pb2.TASK_REGRESSION,
+            )
+        ),
+        INVALID,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(LONG_VALUES))
+def test_10kb_values_are_quoted_cut(srv, case):
+    call, code = LONG_VALUES[case]
+    details = srv.refused(call, code)
+    assert len(details.encode()) <= MAX_DETAILS and "a" * 100 not in details, details[:200]
+
+
+def test_a_10kb_model_name_reads_well_in_status_and_in_stream(srv):
+    """The caller sees which name was refused, cut, with its length, as the status of
+    Predict and ModelInfer and as ModelStreamInfer's in-stream error_message."""
+    expected = f"invalid model name '{'a' * 64}…' (10240 characters): use 1-63 lowercase"
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(srv.stubs.channel)
+    request = _infer(name=LONG, typed=FOUR)
+    request.id = "long"
+    details = srv.refused(lambda s: stub.ModelInfer(request, timeout=30), INVALID)
+    assert details.startswith(expected), details
+    details = srv.refused(lambda s: s.predict.Predict(good_predict(LONG)), INVALID)
+    assert details.startswith(expected), details
+    with unchanged(srv.home):
+        (answer,) = stub.ModelStreamInfer(iter([request]), timeout=30)
+    assert answer.infer_response.id == "long"
+    assert answer.error_message.startswith(expected), answer.error_message[:200]
+    assert len(answer.error_message.encode()) <= MAX_DETAILS
+
+
 # --- unknown things -----------------------------------------------------------------------
 
 UNKNOWN: dict[str, Callable[[Stubs], Any]] = {
@@ -793,7 +1036,7 @@ def test_unknown_things_are_not_found(srv, case):
 # --- hyperparameters and other training inputs ---------------------------------------------
 
 BAD_TRAINING: dict[str, dict[str, Any]] = {
-    "unknown algorithm": {"algorithm": "xgboost"},
+    "unknown algorithm": {"algorithm": "no_such_algorithm"},
     "unknown hyperparameter": {"params": {"n_jobs": -1}},
     "random_state": {"params": {"random_state": 1}},
     "verbose": {"params": {"verbose": 1}},

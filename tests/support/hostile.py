@@ -16,7 +16,8 @@ from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
@@ -105,27 +106,31 @@ def call_raw(
     kind: tuple[bool, bool],
     messages: list[bytes],
     metadata: tuple[tuple[str, str], ...] = (),
+    responses: list[bytes] | None = None,
 ) -> tuple[grpc.StatusCode, str]:
     """Send ``messages`` as raw bytes (no serializer) to ``method``.
 
     For a response stream one answer is enough (a health Watch never ends):
-    the first message means OK and the call is cancelled.
+    the first message means OK and the call is cancelled. The response
+    messages (bytes) are appended to ``responses`` when given.
     """
     client_streaming, server_streaming = kind
     kw: dict[str, Any] = {"timeout": 15, "metadata": metadata}
+    got: list[bytes] = [] if responses is None else responses
     try:
         if client_streaming and server_streaming:
             it = channel.stream_stream(method)(iter(messages), **kw)
-            for _ in it:
-                pass
+            got.extend(it)
         elif client_streaming:
-            channel.stream_unary(method)(iter(messages), **kw)
+            got.append(channel.stream_unary(method)(iter(messages), **kw))
         elif server_streaming:
             it = channel.unary_stream(method)(messages[0], **kw)
-            next(it, None)
+            first = next(it, None)
+            if first is not None:
+                got.append(first)
             it.cancel()
         else:
-            channel.unary_unary(method)(messages[0], **kw)
+            got.append(channel.unary_unary(method)(messages[0], **kw))
     except grpc.RpcError as err:
         return err.code(), err.details() or ""
     return OK, ""
@@ -260,22 +265,103 @@ def versions_of(stubs: Stubs, name: str) -> list[int]:
     return [v.version for v in model.versions]
 
 
-def served_methods(channel: grpc.Channel) -> set[str]:
-    """Every method path (``/package.Service/Method``) the server lists through reflection."""
+def _reflected(
+    channel: grpc.Channel,
+) -> tuple[list[str], dict[str, descriptor_pb2.FileDescriptorProto]]:
+    """The service names the server lists through reflection, and every file
+    (with its dependencies) reflection gives for them, by file name."""
     from grpc_reflection.v1alpha import reflection_pb2_grpc
 
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     (listing,) = stub.ServerReflectionInfo(
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
     )
-    served = set()
-    for svc in listing.list_services_response.service:
-        req = reflection_pb2.ServerReflectionRequest(file_containing_symbol=svc.name)
+    names = [svc.name for svc in listing.list_services_response.service]
+    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+    for name in names:
+        req = reflection_pb2.ServerReflectionRequest(file_containing_symbol=name)
         (resp,) = stub.ServerReflectionInfo(iter([req]), timeout=10)
         for raw in resp.file_descriptor_response.file_descriptor_proto:
             fd = descriptor_pb2.FileDescriptorProto.FromString(raw)
-            for service in fd.service:
-                full = f"{fd.package}.{service.name}" if fd.package else service.name
-                if full == svc.name:
-                    served.update(f"/{full}/{m.name}" for m in service.method)
-    return served
+            files.setdefault(fd.name, fd)
+    return names, files
+
+
+def served_methods(channel: grpc.Channel) -> set[str]:
+    """Every method path (``/package.Service/Method``) the server lists through reflection."""
+    return set(served_request_types(channel))
+
+
+def served_request_types(channel: grpc.Channel) -> dict[str, Descriptor]:
+    """Every served method path -> its request message's descriptor, both built
+    from what the server gives through reflection (as grpcurl sees them)."""
+    names, files = _reflected(channel)
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file_name: str) -> None:
+        if file_name in added:
+            return
+        added.add(file_name)
+        for dep in files[file_name].dependency:
+            add(dep)
+        pool.Add(files[file_name])
+
+    for file_name in files:
+        add(file_name)
+    out = {}
+    for name in names:
+        service = pool.FindServiceByName(name)
+        for m in service.methods:
+            out[f"/{service.full_name}/{m.name}"] = m.input_type
+    return out
+
+
+def text_fields(message: Descriptor, prefix: str = "") -> list[str]:
+    """Paths of every field of ``message`` a caller fills with text: string fields
+    (``model.name``, repeated ones too), and maps and ``google.protobuf.Struct``
+    fields, whose keys are text (marked ``{}``: ``hyperparameters{}``). Nested
+    messages are walked; other well-known types are not (they hold no names)."""
+    out = []
+    for f in message.fields:
+        path = prefix + f.name
+        if f.type == FieldDescriptor.TYPE_STRING:
+            out.append(path)
+        elif f.type == FieldDescriptor.TYPE_MESSAGE:
+            sub: Any = f.message_type
+            if sub.full_name == "google.protobuf.Struct" or sub.GetOptions().map_entry:
+                out.append(path + "{}")
+            elif not sub.full_name.startswith("google.protobuf."):
+                out.extend(text_fields(sub, path + "."))
+    return out
+
+
+def put_text(message: Any, path: str, text: str) -> None:
+    """Put ``text`` at ``path`` (a ``text_fields`` path) of ``message``, in place:
+    a string field is set (a repeated one gets it appended), a map or Struct gets
+    it as a key (of the value its existing entries have, or a true/1.0 value).
+    Repeated messages on the way get the text in their first element (one is
+    added when there is none)."""
+    *parents, last = path.split(".")
+    target = message
+    for part in parents:
+        field = getattr(target, part)
+        if hasattr(field, "add"):  # repeated message
+            field = field[0] if len(field) else field.add()
+        target = field
+    if last.endswith("{}"):
+        holder = getattr(target, last[:-2])
+        if hasattr(holder, "add"):  # repeated Struct (rows)
+            holder = holder[0] if len(holder) else holder.add()
+        if hasattr(holder, "fields"):  # google.protobuf.Struct
+            holder[text] = 1.0
+        elif hasattr(holder, "get_or_create"):  # map of messages (OIP parameters)
+            holder[text].bool_param = True
+        else:
+            holder[text] = holder[next(iter(holder))] if holder else True
+        return
+    field = getattr(target, last)
+    if hasattr(field, "append"):
+        field.append(text)
+    else:
+        setattr(target, last, text)
