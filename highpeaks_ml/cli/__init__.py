@@ -2,7 +2,10 @@
 
 Each sub-module registers its sub-commands with ``register(subparsers)``;
 client commands reach the server given by ``--target`` or
-``HIGHPEAKS_ML_TARGET`` (default 127.0.0.1:50051).
+``HIGHPEAKS_ML_TARGET`` (default 127.0.0.1:50051). The client flags
+(``--target``, ``--timeout``, ``--token``, ``--tls*``) go before the command
+or after it (``highpeaks-ml --target h:p models list`` or ``highpeaks-ml
+models list --target h:p``); given in both places, the later one wins.
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="highpeaks-ml",
         description="High Peaks ML Platform: train scikit-learn models and serve them over gRPC.",
+        epilog="Client flags go before or after the command: "
+        "highpeaks-ml --target host:port models list (the later one wins where both are given).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common.add_client_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common.register_health(sub)
     for module in [*_MODULES, *_optional_modules()]:
@@ -48,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "serve" and (given := common.client_flags_given(args)):
+        # `highpeaks-ml --tls serve` would otherwise start a plaintext server quietly.
+        parser.error(
+            f"{', '.join(given)}: client flags, not server settings"
+            " (see highpeaks-ml serve --help: --tls-cert-file, --port, ...)"
+        )
     try:
         return int(args.func(args) or 0)
     except common.ClientError as exc:

@@ -24,38 +24,97 @@ class ClientError(Exception):
         self.exit_code = exit_code
 
 
+#: ``--timeout`` when neither the command nor the top level gives one (seconds).
+DEFAULT_TIMEOUT_S = 30.0
+
+
+def add_client_flags(parser: argparse.ArgumentParser) -> None:
+    """Add the client flags to the top-level parser, with their defaults, so that
+    they may come before the command (``highpeaks-ml --target h:p models list``)
+    as kubectl and grpcurl users type them. Every client command takes them
+    after the command too (``add_target``); where both are given, the later wins.
+    """
+    _client_flags(
+        parser.add_argument_group(
+            "client flags", "for client commands; also accepted after the command"
+        ),
+        top_level=True,
+    )
+
+
+def client_flags_given(args: argparse.Namespace) -> list[str]:
+    """The client flags a parsed command line set (to refuse them where they mean nothing)."""
+    defaults = {
+        "target": None,
+        "timeout": DEFAULT_TIMEOUT_S,
+        "token": None,
+        "tls": False,
+        "tls_ca": None,
+        "tls_cert": None,
+        "tls_key": None,
+    }
+    return [
+        "--" + dest.replace("_", "-")
+        for dest, default in defaults.items()
+        if getattr(args, dest, default) != default
+    ]
+
+
 def add_target(parser: argparse.ArgumentParser) -> None:
-    """Add ``--target`` (default from HIGHPEAKS_ML_TARGET), ``--timeout``, token and TLS flags."""
+    """Add ``--target`` (default from HIGHPEAKS_ML_TARGET), ``--timeout``, token and
+    TLS flags to a client command.
+
+    Their default is ``argparse.SUPPRESS``: a flag the command line gives after
+    the command replaces the one given before it (``add_client_flags``), and an
+    absent one leaves that (or the top level's default) alone. argparse copies
+    every attribute a sub-command's parser sets over the top level's, so a real
+    default here would undo ``highpeaks-ml --target h:p models list``.
+    """
+    _client_flags(parser, top_level=False)
+
+
+def _client_flags(parser: Any, top_level: bool) -> None:
+    def default(value: Any) -> Any:
+        return value if top_level else argparse.SUPPRESS
+
     parser.add_argument(
         "--target",
-        default=None,
+        default=default(None),
         help="server host:port [env HIGHPEAKS_ML_TARGET, default 127.0.0.1:50051]",
     )
-    parser.add_argument("--timeout", type=float, default=30.0, help="per-call deadline (s)")
-    auth = parser.add_argument_group("credentials")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=default(DEFAULT_TIMEOUT_S),
+        help=f"per-call deadline in seconds [default {DEFAULT_TIMEOUT_S:g}]",
+    )
+    auth = parser.add_argument_group("credentials") if not top_level else parser
     auth.add_argument(
         "--token",
-        default=None,
+        default=default(None),
         help="bearer JWT sent as 'authorization: Bearer ...' [env HIGHPEAKS_ML_TOKEN]",
     )
     auth.add_argument(
-        "--tls", action="store_true", help="use TLS with the system's root certificates"
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="use TLS with the system's root certificates",
     )
     auth.add_argument(
         "--tls-ca",
-        default=None,
+        default=default(None),
         metavar="FILE",
         help="PEM CA of the server certificate; implies --tls [env HIGHPEAKS_ML_TLS_CA]",
     )
     auth.add_argument(
         "--tls-cert",
-        default=None,
+        default=default(None),
         metavar="FILE",
         help="PEM client certificate for mutual TLS [env HIGHPEAKS_ML_TLS_CLIENT_CERT]",
     )
     auth.add_argument(
         "--tls-key",
-        default=None,
+        default=default(None),
         metavar="FILE",
         help="PEM key of --tls-cert [env HIGHPEAKS_ML_TLS_CLIENT_KEY]",
     )
@@ -63,7 +122,7 @@ def add_target(parser: argparse.ArgumentParser) -> None:
 
 def target_of(args: argparse.Namespace) -> str:
     """The server address for a parsed command."""
-    return args.target or env_default_target()
+    return getattr(args, "target", None) or env_default_target()
 
 
 def client_of(args: argparse.Namespace) -> Any:
@@ -80,7 +139,7 @@ def client_of(args: argparse.Namespace) -> Any:
     try:
         return Client(
             target_of(args),
-            timeout=args.timeout,
+            timeout=getattr(args, "timeout", DEFAULT_TIMEOUT_S),
             token=opt("token", "HIGHPEAKS_ML_TOKEN"),
             tls=bool(getattr(args, "tls", False)),
             tls_ca=opt("tls_ca", "HIGHPEAKS_ML_TLS_CA"),
