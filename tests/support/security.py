@@ -7,12 +7,15 @@ so key generation runs once per module.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import http.server
 import ipaddress
 import json
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,3 +202,74 @@ def make_pki(directory: Path, name: str = "test") -> Pki:
     return Pki(
         d, d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem", d / "client.key"
     )
+
+
+# --- an identity service's JWKS endpoint ---------------------------------------------
+
+
+class JwksServer:
+    """A JWKS endpoint on 127.0.0.1 (``http.server`` in a thread) whose keys a test rotates.
+
+    ``mode``: ``up`` answers the current document, ``error`` answers 500,
+    ``hang`` holds every request until the mode changes (an identity service
+    that accepts connections and never answers). ``hits`` counts requests.
+    """
+
+    def __init__(self, keys: dict[str, Any], *, mode: str = "up") -> None:
+        self.document = jwks(keys)
+        self.mode = mode
+        self.hits = 0
+        self.last_hit = 0.0  # time.monotonic() of the latest request
+        self._changed = threading.Condition()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with outer._changed:
+                    outer.hits += 1
+                    outer.last_hit = time.monotonic()
+                    outer._changed.wait_for(lambda: outer.mode != "hang", timeout=60)
+                    mode, body = outer.mode, json.dumps(outer.document).encode()
+                with contextlib.suppress(OSError):  # the client may have given up
+                    if mode == "error":
+                        self.send_error(500)
+                        return
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.block_on_close = False  # type: ignore[attr-defined]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/.well-known/jwks.json"
+
+    def publish(self, keys: dict[str, Any]) -> None:
+        """Serve the public halves of ``{kid: private key}`` from now on."""
+        with self._changed:
+            self.document = jwks(keys)
+
+    def set_mode(self, mode: str) -> None:
+        with self._changed:
+            self.mode = mode
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        self.set_mode("error")  # releases held requests
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> JwksServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

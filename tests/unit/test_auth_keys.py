@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
 from pathlib import Path
 
+import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from pydantic import ValidationError
 
 from highpeaks_ml import errors
-from highpeaks_ml.api.auth import Authenticator, bearer_token, load_keys, scopes_of
+from highpeaks_ml.api.auth import Authenticator, _jwks_keys, bearer_token, load_keys, scopes_of
 from highpeaks_ml.config import ConfigError, Settings
 from tests.support import security as sec
 
@@ -136,3 +140,93 @@ def test_cached_tokens_are_rechecked_against_exp(tmp_path, monkeypatch):
     expired = sec.token(b"k" * 32, {"sub": "a", "exp": int(now) - 5}, "HS256")
     with pytest.raises(errors.Unauthenticated, match="expired"):
         auth.authenticate(sec.bearer(expired))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://idp.example.com/.well-known/jwks.json",
+        "https://10.0.0.7:8443/keys",
+        "http://127.0.0.1:8080/jwks",
+        "http://127.3.2.1/jwks",
+        "http://localhost:9000/jwks",
+        "http://[::1]:9000/jwks",
+    ],
+)
+def test_jwks_urls_accepted(url):
+    assert settings(jwt_jwks_url=url).jwt_jwks_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://idp.example.com/jwks", "must be https://"),
+        ("http://10.0.0.7/jwks", "must be https://"),
+        ("http://localhost.evil.example/jwks", "must be https://"),
+        ("ftp://127.0.0.1/jwks", "must be an https:// URL"),
+        ("file:///etc/jwks.json", "with a host"),
+        ("idp.example.com/jwks", "with a host"),
+        ("https://idp.example.com:99999/jwks", "not a valid URL"),
+    ],
+)
+def test_jwks_urls_refused(url, why):
+    with pytest.raises(ValidationError, match=re.escape(why)):
+        settings(jwt_jwks_url=url)
+
+
+def test_a_jwks_url_alone_is_a_key_source():
+    assert settings(jwt_jwks_url="https://idp.example.com/jwks").jwt_jwks_file is None
+    with pytest.raises(ValidationError, match="needs a key"):
+        settings(jwt_jwks_url="")
+
+
+def test_a_fetched_jwks_skips_what_this_server_cannot_use():
+    """The identity service's document may hold keys for other algorithms or
+    uses; they are skipped (and reported), symmetric keys never taken."""
+    rsa, ec384 = sec.rsa_key(), ec.generate_private_key(ec.SECP384R1())
+    good = sec.jwks({"good": rsa})["keys"][0]
+    other_alg = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec384.public_key()))
+    doc = {
+        "keys": [
+            good,
+            {**other_alg, "kid": "es384"},
+            {"kty": "oct", "kid": "s", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTIz", "alg": "HS256"},
+            {**good, "kid": "enc", "use": "enc"},
+            {k: v for k, v in good.items() if k != "kid"},
+            {**good},  # a duplicate kid
+        ]
+    }
+    s = settings(jwt_jwks_url="https://idp.example.com/jwks", jwt_algorithms="RS256,HS256")
+    keys, skipped = _jwks_keys(doc, "jwt_jwks_url", s, remote=True)
+    assert [k.kid for k in keys] == ["good"]
+    assert len(skipped) == 4
+    assert any("symmetric key is never taken from a URL" in why for why in skipped)
+    with pytest.raises(ConfigError, match="no usable verification key"):
+        _jwks_keys({"keys": doc["keys"][1:-1]}, "jwt_jwks_url", s, remote=True)
+    with pytest.raises(ConfigError, match="not a JWKS"):
+        _jwks_keys({"keys": []}, "jwt_jwks_url", s, remote=True)
+
+
+def test_key_files_are_reread_only_when_they_change(tmp_path):
+    """``check_files``: a changed file replaces its keys and drops cached tokens;
+    an unchanged or broken one keeps them."""
+    a, b = b"a" * 32, b"b" * 32
+    path = write(tmp_path, "secret", a)
+    auth = Authenticator(settings(jwt_secret_file=path, jwt_algorithms="HS256"))
+    tok_a = sec.token(a, {"sub": "a", "exp": int(time.time()) + 60}, "HS256")
+    assert auth.authenticate(sec.bearer(tok_a)).subject == "a"
+    assert auth.keyset.check_files() is False  # nothing changed
+    os.utime(path, ns=(1, 1))
+    assert auth.keyset.check_files() is False  # touched, same bytes
+    tmp = write(tmp_path, "secret.new", b)
+    os.replace(tmp, path)
+    assert auth.keyset.check_files() is True
+    with pytest.raises(errors.Unauthenticated, match="signature"):
+        auth.authenticate(sec.bearer(tok_a))  # cached before: verified again, refused
+    os.replace(write(tmp_path, "secret.bad", b"short"), path)
+    assert auth.keyset.check_files() is False
+    tok_b = sec.token(b, {"sub": "b", "exp": int(time.time()) + 60}, "HS256")
+    assert auth.authenticate(sec.bearer(tok_b)).subject == "b"
+    path.unlink()
+    assert auth.keyset.check_files() is False
+    assert auth.authenticate(sec.bearer(tok_b)).subject == "b"
