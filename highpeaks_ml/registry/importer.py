@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from highpeaks_ml.errors import InvalidArgument, ResourceExhausted
+from highpeaks_ml.errors import InvalidArgument, ResourceExhausted, quote
 from highpeaks_ml.registry.base import (
     ModelStore,
     TensorSpec,
@@ -33,6 +33,7 @@ from highpeaks_ml.registry.base import (
     validate_alias,
     validate_name,
 )
+from highpeaks_ml.tensors import ELEMENT_TYPES
 
 if TYPE_CHECKING:
     import onnx
@@ -44,7 +45,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TASKS = ("classification", "regression", "")
 
 # onnx.TensorProto.DataType -> the platform's dtype names (registry.base.TensorSpec).
-_ONNX_DTYPES = {1: "float32", 11: "float64", 7: "int64", 6: "int32", 9: "bool", 8: "string"}
+_ONNX_DTYPES = {e.onnx: e.name for e in ELEMENT_TYPES}
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class ImportInfo:
         if len(set(self.aliases)) != len(self.aliases):
             raise InvalidArgument("aliases: the same alias is given twice")
         if self.task not in _TASKS:
-            raise InvalidArgument(f"invalid task {self.task!r}")
+            raise InvalidArgument(f"invalid task {quote(self.task)}")
         task = self.task
         if self.class_labels:
             if task == "regression":
@@ -204,7 +205,7 @@ def _load_checked(path: Path) -> onnx.ModelProto:
     external = _external_tensor(model.graph)
     if external is not None:
         raise InvalidArgument(
-            f"tensor {external!r} refers to external data; import a single self-contained"
+            f"tensor {quote(external)} refers to external data; import a single self-contained"
             " .onnx file (onnx.save_model(..., save_as_external_data=False))"
         )
     try:
@@ -252,7 +253,7 @@ def _spec(value: Any, kind: str) -> TensorSpec:
     if value.type.WhichOneof("value") != "tensor_type":
         hint = " (export classifiers with ZipMap disabled)" if kind == "output" else ""
         raise InvalidArgument(
-            f"{kind} {value.name!r} is not a tensor; the platform serves tensor inputs and"
+            f"{kind} {quote(value.name)} is not a tensor; the platform serves tensor inputs and"
             f" outputs only{hint}"
         )
     tensor = value.type.tensor_type
@@ -262,7 +263,7 @@ def _spec(value: Any, kind: str) -> TensorSpec:
 
         type_name = onnx.TensorProto.DataType.Name(tensor.elem_type)
         raise InvalidArgument(
-            f"{kind} {value.name!r} has element type {type_name}; supported: "
+            f"{kind} {quote(value.name)} has element type {type_name}; supported: "
             + ", ".join(sorted(set(_ONNX_DTYPES.values())))
         )
     shape: tuple[int, ...] = ()

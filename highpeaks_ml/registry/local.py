@@ -4,6 +4,8 @@ Layout under ``home``::
 
     models/<name>/versions/<N>/model.onnx   the ONNX file of version N (immutable)
     models/<name>/versions/<N>/meta.json    its VersionMeta (with the sha256 of model.onnx)
+    models/<name>/versions/<N>/artifacts/<a> its artifacts (report, figures, profile), each
+                                            listed with its sha256 in meta.json
     models/<name>/aliases.json              {"aliases": {"production": 3, ...}}
     models/<name>/high_water                highest version number ever allocated
     models/<name>/.lock                     flock(2) lock serialising changes to <name>
@@ -26,7 +28,12 @@ How the guarantees are achieved:
   crashed owner releases it, so ``recover()`` removes exactly the leftovers
   whose owner is gone (and leaves a concurrent process's staging alone).
 - ``model.onnx`` is hashed on every read and compared with ``meta.json``;
-  a mismatch refuses that version only.
+  a mismatch refuses that version only. Artifacts are written into the same
+  staging directory before the rename (so a version appears with all of them
+  or not at all) and hashed on every read too.
+- The publish check (``ModelStore.set_publish_check``; the server's proves
+  that onnxruntime loads the version) runs on the staged file before a
+  version number is taken: a refused version leaves no trace.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -50,11 +57,14 @@ from typing import IO, Any
 from highpeaks_ml.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from highpeaks_ml.registry.base import (
     RESERVED_ALIASES,
+    ArtifactInfo,
     ModelInfo,
     ModelStore,
     ScratchLease,
     VersionMeta,
+    artifact_media_type,
     validate_alias,
+    validate_artifact_name,
     validate_name,
 )
 from highpeaks_ml.storage import TMP_SUFFIX, fsync_dir, write_atomic
@@ -63,6 +73,7 @@ log = logging.getLogger("highpeaks_ml.registry")
 
 MODEL_FILE = "model.onnx"
 META_FILE = "meta.json"
+ARTIFACTS_DIR = "artifacts"
 ALIASES_FILE = "aliases.json"
 HIGH_WATER_FILE = "high_water"
 LOCK_FILE = ".lock"
@@ -382,6 +393,34 @@ class LocalModelStore(ModelStore):
             raise
         return _Chunks(f, chunk_size)
 
+    def read_artifact(self, name: str, version: int, artifact: str) -> bytes:
+        """One artifact's bytes, checked against the sha256 listed in ``meta.json``."""
+        validate_artifact_name(artifact)
+        meta = self.resolve(name, version)
+        info = meta.artifact(artifact)
+        path = self._version_dir(name, version) / ARTIFACTS_DIR / artifact
+        try:
+            data = path.read_bytes()
+        except OSError:
+            log.error(
+                "artifact unreadable",
+                extra={"model": name, "version": version, "artifact": artifact},
+            )
+            raise Unavailable(
+                f"artifact {artifact!r} of model {name!r} version {version} cannot be read"
+                " from storage"
+            ) from None
+        if len(data) != info.size_bytes or hashlib.sha256(data).hexdigest() != info.sha256:
+            log.error(
+                "sha256 mismatch: refusing artifact",
+                extra={"model": name, "version": version, "artifact": artifact},
+            )
+            raise Unavailable(
+                f"artifact {artifact!r} of model {name!r} version {version} failed its"
+                " integrity check (sha256 mismatch)"
+            )
+        return data
+
     def _version_dir(self, name: str, version: int) -> Path:
         return self._model_dir(name) / "versions" / str(version)
 
@@ -458,10 +497,17 @@ class LocalModelStore(ModelStore):
     # --- writes ------------------------------------------------------------
 
     def publish(
-        self, name: str, onnx_bytes: bytes, meta: VersionMeta, aliases: tuple[str, ...] = ()
+        self,
+        name: str,
+        onnx_bytes: bytes,
+        meta: VersionMeta,
+        aliases: tuple[str, ...] = (),
+        artifacts: Mapping[str, bytes] | None = None,
     ) -> VersionMeta:
-        """Register ``onnx_bytes`` as the next version of ``name`` (see the module doc)."""
+        """Register ``onnx_bytes`` (and ``artifacts``) as the next version of ``name``
+        (see the module doc)."""
         _check_publish_args(name, meta, aliases)
+        _check_artifact_names(artifacts)
         if not onnx_bytes:
             raise InvalidArgument("the model file is empty")
         with self.scratch() as lease:
@@ -472,10 +518,20 @@ class LocalModelStore(ModelStore):
                 f.flush()
                 os.fsync(f.fileno())
             digest = hashlib.sha256(onnx_bytes).hexdigest()
-            return self._commit(name, lease.path, digest, len(onnx_bytes), meta, aliases)
+            size = len(onnx_bytes)
+            meta = replace(meta, artifacts=_stage_artifacts(lease.path, artifacts))
+            self.check_publishable(
+                model_path, replace(meta, model_name=name, sha256=digest, size_bytes=size)
+            )
+            return self._commit(name, lease.path, digest, size, meta, aliases)
 
     def publish_file(
-        self, name: str, onnx_path: Path, meta: VersionMeta, aliases: tuple[str, ...] = ()
+        self,
+        name: str,
+        onnx_path: Path,
+        meta: VersionMeta,
+        aliases: tuple[str, ...] = (),
+        artifacts: Mapping[str, bytes] | None = None,
     ) -> VersionMeta:
         """Register the file at ``onnx_path`` as the next version of ``name``.
 
@@ -485,6 +541,7 @@ class LocalModelStore(ModelStore):
         ``meta.sha256`` is set it must match the file (InvalidArgument otherwise).
         """
         _check_publish_args(name, meta, aliases)
+        _check_artifact_names(artifacts)
         src = Path(onnx_path)
         if not src.is_file():
             raise InvalidArgument("the model file to publish does not exist")
@@ -513,6 +570,11 @@ class LocalModelStore(ModelStore):
                     raise InvalidArgument(
                         f"sha256 mismatch for model {name!r}: expected {meta.sha256}, got {digest}"
                     )
+                meta = replace(meta, artifacts=_stage_artifacts(lease.path, artifacts))
+                # Outside the model's lock: the check may take seconds.
+                self.check_publishable(
+                    model_path, replace(meta, model_name=name, sha256=digest, size_bytes=size)
+                )
                 return self._commit(name, lease.path, digest, size, meta, aliases)
             except BaseException:
                 # Not published: give the caller its file back.
@@ -698,6 +760,41 @@ def _check_publish_args(name: str, meta: VersionMeta, aliases: tuple[str, ...]) 
         raise InvalidArgument(f"invalid source {meta.source!r}: use 'trained' or 'imported'")
     if meta.task not in _TASKS:
         raise InvalidArgument(f"invalid task {meta.task!r}: use 'classification' or 'regression'")
+
+
+def _check_artifact_names(artifacts: Mapping[str, bytes] | None) -> None:
+    for artifact, data in (artifacts or {}).items():
+        validate_artifact_name(artifact)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidArgument(f"artifact {artifact!r} is not bytes")
+
+
+def _stage_artifacts(
+    staging: Path, artifacts: Mapping[str, bytes] | None
+) -> tuple[ArtifactInfo, ...]:
+    """Write ``artifacts`` under ``staging/artifacts`` (each fsynced, then the directory)
+    and return their listing for ``meta.json``; () when there are none."""
+    if not artifacts:
+        return ()
+    folder = staging / ARTIFACTS_DIR
+    folder.mkdir()
+    listed = []
+    for artifact in sorted(artifacts):
+        data = bytes(artifacts[artifact])
+        with open(folder / artifact, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        listed.append(
+            ArtifactInfo(
+                name=artifact,
+                sha256=hashlib.sha256(data).hexdigest(),
+                size_bytes=len(data),
+                media_type=artifact_media_type(artifact),
+            )
+        )
+    fsync_dir(folder)
+    return tuple(listed)
 
 
 def _stat_sig(path: Path) -> tuple[int, int, int, int] | None:

@@ -291,3 +291,24 @@ def publish_broken(store: Any, home: Any, name: str = "broken") -> None:
     data = bytearray(onnx_file.read_bytes())
     data[len(data) // 2] ^= 0xFF
     onnx_file.write_bytes(bytes(data))
+
+
+def unknown_operator_onnx(domain: str = "com.example.custom", op: str = "Frobnicate") -> bytes:
+    """A valid ONNX model (it passes ``onnx.checker``) that onnxruntime cannot load: its one
+    node is ``domain:op``, an operator domain onnxruntime does not know. Its input
+    ("float_input", float32 [N, 4]) matches ``imported_logreg``'s."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node(op, ["float_input"], ["label"], domain=domain)],
+        "unknown_operator",
+        [helper.make_tensor_value_info("float_input", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, [None])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)]
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
