@@ -2,8 +2,10 @@
 
 A CSV whose first line names the columns is sent as named rows (any model
 trained on a table, numeric or categorical columns); a CSV without a header
-(every cell of the first line a number) is sent as a plain numeric matrix
-in the model's feature order, as raw bytes.
+(every cell of the first line a number or empty) is sent as a plain numeric
+matrix in the model's feature order, as raw bytes. Empty cells are missing
+values (NaN in the matrix, null in named rows), which a model accepts only for
+features whose schema allows missing values (``models show``).
 
 ``--output json`` (default) prints one object per row: ``label`` and, for
 classifiers, ``probabilities`` (class label -> probability); regressors
@@ -63,7 +65,8 @@ def read_input(text: str) -> Any:
     first = next(csv.reader(io.StringIO(text)), None)
     if not first:
         raise ClientError("the input has no rows", exit_code=2)
-    if all(_is_number(c) for c in first):
+    # Empty cells are missing values, not header names (docs/serving.md).
+    if all(_is_number(c) or not c.strip() for c in first):
         try:
             frame = pd.read_csv(io.StringIO(text), header=None, dtype=np.float64)
         except ValueError as exc:

@@ -15,11 +15,17 @@ is allocated from the request's claimed sizes: a shape is checked against
 the row limit, the model's width and the bytes actually sent before any
 array is built, so ``[2**31, 2**31]`` costs nothing.
 
-NaN/infinity policy: refused. A non-finite number in any floating-point
-input is INVALID_ARGUMENT naming the row and column; models trained here
-have no missing-value handling, so NaN would produce an arbitrary answer
-instead of an error. (A float64 value beyond float32's range sent to a
-float32 model becomes infinity and is refused the same way.)
+Missing values and infinity: infinity is always refused (INVALID_ARGUMENT
+naming the row and column; a float64 value beyond float32's range sent to a
+float32 model becomes infinity and is refused the same way). NaN is a missing
+value: accepted for a feature whose ``FeatureSpec.allows_missing`` is set
+(recorded at training time once the exported graph was verified to answer
+what scikit-learn answers for it) and refused like infinity everywhere else:
+features recorded without the flag, and imported models, which have no
+features (a graph with no missing-value handling would give an arbitrary
+answer instead of an error). In named rows a null is the same missing value
+(NaN for a numeric feature, "" for a categorical one: what training made of
+an empty cell); in a STRING tensor the empty string is that value already.
 
 Layouts the plan understands (docs/conventions): a trained model with only
 numeric features has one ``input`` [-1, n_features] in feature order; with a
@@ -43,36 +49,16 @@ from typing import Any
 
 import numpy as np
 
-from highpeaks_ml.errors import InvalidArgument
+from highpeaks_ml.errors import InvalidArgument, quote
 from highpeaks_ml.registry.base import FeatureSpec, TensorSpec, VersionMeta
+from highpeaks_ml.tensors import ELEMENT_TYPES
 
 #: numpy dtype of each element type name (strings are numpy object arrays).
-NUMPY_DTYPES: dict[str, Any] = {
-    "float32": np.dtype("<f4"),
-    "float64": np.dtype("<f8"),
-    "int64": np.dtype("<i8"),
-    "int32": np.dtype("<i4"),
-    "bool": np.dtype(np.bool_),
-    "string": np.dtype(object),
-}
+NUMPY_DTYPES: dict[str, Any] = {e.name: e.numpy for e in ELEMENT_TYPES}
 #: Element type names as callers see them in messages (the proto enum's suffix).
-SHOWN = {
-    "float32": "FLOAT32",
-    "float64": "FLOAT64",
-    "int64": "INT64",
-    "int32": "INT32",
-    "bool": "BOOL",
-    "string": "STRING",
-}
+SHOWN = {e.name: e.shown for e in ELEMENT_TYPES}
 #: onnxruntime type strings -> element type names.
-ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(double)": "float64",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(bool)": "bool",
-    "tensor(string)": "string",
-}
+ORT_TYPES = {e.ort: e.name for e in ELEMENT_TYPES}
 _FLOATS = ("float32", "float64")
 _NUMBERS = ("float32", "float64", "int32", "int64")
 # Element types a numeric input accepts (cast to the model's type); integers
@@ -231,13 +217,13 @@ class OutputPlan:
         out: list[str] = []
         for i, name in enumerate(requested):
             if name in requested[:i]:
-                raise InvalidArgument(f"outputs[{i}]: {name!r} is requested twice")
+                raise InvalidArgument(f"outputs[{i}]: {quote(name)} is requested twice")
             onnx_name = name if name in self.served else aliases.get(name)
             if onnx_name is None:
                 have = ", ".join(self.served) or "none"
                 usable = ", ".join(a for a, n in aliases.items() if n is not None)
                 raise InvalidArgument(
-                    f"outputs[{i}]: {model} has no output {name!r} (it has: {have}"
+                    f"outputs[{i}]: {model} has no output {quote(name)} (it has: {have}"
                     + (f"; aliases: {usable}" if usable else "")
                     + ")"
                 )
@@ -444,7 +430,10 @@ class InputPlan:
                 self._bad_keys(i, row)
         if self.kind == "matrix":
             slot = self.slots[0]
-            cols = [_numeric_column(rows, f.name, slot.dtype, "rows") for f in self.features]
+            cols = [
+                _numeric_column(rows, f.name, slot.dtype, "rows", f.allows_missing)
+                for f in self.features
+            ]
             arr = (
                 np.stack(cols, axis=1)
                 if n
@@ -455,11 +444,11 @@ class InputPlan:
         for slot in self.slots:
             key = slot.feature.name if slot.feature is not None else slot.name
             if slot.dtype == "string":
-                col = _string_column(rows, key)
+                col = _string_column(rows, key, _allows_missing(slot))
             elif slot.dtype == "bool":
                 col = _bool_column(rows, key)
             elif slot.width == 1:
-                col = _numeric_column(rows, key, slot.dtype, "rows")
+                col = _numeric_column(rows, key, slot.dtype, "rows", _allows_missing(slot))
             else:
                 col = _list_column(rows, key, slot)
             feeds[slot.name] = col.reshape((n, *_concrete(slot.row_shape, col, n)))
@@ -701,24 +690,58 @@ def _decode_strings(
     return out
 
 
+def _allows_missing(slot: Slot) -> bool:
+    return slot.feature is not None and slot.feature.allows_missing
+
+
 def _check_finite(arr: np.ndarray, where: str, features: Sequence[FeatureSpec]) -> None:
-    if arr.size and not np.isfinite(arr).all():
-        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
-        where_at = f"{where}[{', '.join(map(str, idx))}]"
-        if features and len(idx) == 2:
-            where_at += f" (row {idx[0]}, feature {features[idx[1]].name!r})"
-        raise InvalidArgument(
-            f"{where_at}: {arr[idx]} is not a finite number; NaN and infinity are refused"
-        )
+    """Refuse infinity, and NaN except in the columns of features that allow missing values.
+
+    ``features`` are the features of ``arr``'s columns (the matrix input), the
+    one feature of a per-feature input, or none (imported models: NaN refused).
+    """
+    if not arr.size:
+        return
+    finite = np.isfinite(arr)
+    if finite.all():
+        return
+    bad = ~finite
+    if arr.ndim == 2 and len(features) == arr.shape[1]:
+        ok = np.fromiter((f.allows_missing for f in features), dtype=bool, count=len(features))
+        if ok.any():
+            bad &= ~(np.isnan(arr) & ok)  # ok broadcasts over the rows
+            if not bad.any():
+                return
+    idx = tuple(int(i) for i in np.argwhere(bad)[0])
+    where_at = f"{where}[{', '.join(map(str, idx))}]"
+    feature = features[idx[1]] if len(idx) == 2 and idx[1] < len(features) else None
+    if feature is not None:
+        where_at += f" (row {idx[0]}, feature {feature.name!r})"
+    raise InvalidArgument(f"{where_at}: {_non_finite(float(arr[idx]))}")
 
 
-def _numeric_column(rows: Sequence[dict[str, Any]], key: str, dtype: str, where: str) -> np.ndarray:
+def _non_finite(value: float) -> str:
+    """Why a NaN or infinite ``value`` is refused."""
+    if math.isnan(value):
+        return "nan is not a finite number; missing values are refused for this model here"
+    return f"{value} is not a finite number; infinity is refused"
+
+
+def _numeric_column(
+    rows: Sequence[dict[str, Any]], key: str, dtype: str, where: str, missing: bool = False
+) -> np.ndarray:
+    """One numeric feature of named rows; ``missing``: null and NaN are a missing value (NaN)."""
     col = [row[key] for row in rows]
     # bool is an int subclass; JSON true/false is not a number here.
     if not all(type(v) is float or type(v) is int for v in col):
+        if missing and dtype in _FLOATS:
+            col = [math.nan if v is None else v for v in col]
         for i, v in enumerate(col):
             if type(v) is not float and type(v) is not int:
-                raise InvalidArgument(f"{where}[{i}].{key}: expects a number, got {_describe(v)}")
+                hint = " (this model does not accept missing values for it)" if v is None else ""
+                raise InvalidArgument(
+                    f"{where}[{i}].{key}: expects a number, got {_describe(v)}{hint}"
+                )
     try:
         with np.errstate(over="ignore"):  # beyond float32 -> inf, refused below
             arr = np.asarray(col, dtype=NUMPY_DTYPES[dtype])
@@ -727,22 +750,29 @@ def _numeric_column(rows: Sequence[dict[str, Any]], key: str, dtype: str, where:
             f"{where}.{key}: a value is out of range for {SHOWN[dtype]}"
         ) from None
     if dtype in _FLOATS and arr.size and not np.isfinite(arr).all():
-        i = int(np.argwhere(~np.isfinite(arr))[0][0])
-        raise InvalidArgument(
-            f"{where}[{i}].{key}: {col[i]!r} is not a finite number; NaN and infinity are refused"
-        )
+        bad = ~np.isfinite(arr)
+        if missing:
+            bad &= ~np.isnan(arr)
+        if bad.any():
+            i = int(np.argwhere(bad)[0][0])
+            raise InvalidArgument(f"{where}[{i}].{key}: {_non_finite(float(arr[i]))}")
     if dtype in ("int64", "int32") and any(type(v) is float and not v.is_integer() for v in col):
         raise InvalidArgument(f"{where}.{key}: {SHOWN[dtype]} input takes whole numbers")
     return arr
 
 
-def _string_column(rows: Sequence[dict[str, Any]], key: str) -> np.ndarray:
+def _string_column(rows: Sequence[dict[str, Any]], key: str, missing: bool = False) -> np.ndarray:
+    """One categorical feature of named rows; ``missing``: null is a missing value ("")."""
     col = [row[key] for row in rows]
     if not all(type(v) is str for v in col):
+        if missing:
+            col = ["" if v is None else v for v in col]
         for i, v in enumerate(col):
             if type(v) is not str:
+                hint = " (this model does not accept missing values for it)" if v is None else ""
                 raise InvalidArgument(
                     f"rows[{i}].{key}: categorical feature expects a string, got {_describe(v)}"
+                    + hint
                 )
     arr = np.empty(len(col), dtype=object)
     arr[:] = col
@@ -793,8 +823,7 @@ def _describe(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        shown = v if len(v) <= 40 else v[:37] + "..."
-        return f"string {shown!r}"
+        return f"string {quote(v, 40)}"
     if isinstance(v, list):
         return "a list"
     if isinstance(v, dict):
@@ -816,7 +845,7 @@ def _key_problems(
     missing = [k for k in order if k not in given]
     problems = []
     if unknown:
-        problems.append(f"unknown {what} {unknown[0]!r}")
+        problems.append(f"unknown {what} {quote(unknown[0])}")
     if missing:
         problems.append(f"missing {what} {missing[0]!r}")
     return " and ".join(problems)
