@@ -31,7 +31,8 @@ def register(sub: Any) -> None:
     up.add_argument(
         "--target-column",
         default=None,
-        help="check that this column can be a training target (present, no gaps, not constant)",
+        help="the column to predict: checked (present, no gaps, not constant) and remembered"
+        " as the default target of jobs on this dataset",
     )
     up.add_argument("--json", action="store_true", help="print the dataset as JSON")
     add_target(up)
@@ -96,6 +97,7 @@ def _show(client: Any, args: argparse.Namespace) -> int:
     print(f"id:       {d.id}")
     print(f"name:     {d.name or '-'}")
     print(f"rows:     {d.rows}")
+    print(f"target:   {d.target_column or '-'}")
     print(f"bytes:    {d.size_bytes}")
     print(f"created:  {when(d.created_at)}")
     print("columns:")

@@ -89,6 +89,11 @@ def _show(client: Any, args: argparse.Namespace) -> int:
         print(f"version:    {job.model_version}")
     if job.error:
         print(f"error:      {job.error}")
+    res = job.resources
+    print(f"resources:  {res.cpus} CPU, {res.memory_mb} MiB")
+    if job.placement.backend:
+        where = ", ".join(p for p in (job.placement.node, job.placement.worker) if p)
+        print(f"ran on:     {job.placement.backend}{f' ({where})' if where else ''}")
     print(f"created:    {when(job.created_at)}")
     print(f"started:    {when(job.started_at)}")
     print(f"finished:   {when(job.finished_at)}")

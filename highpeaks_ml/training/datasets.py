@@ -41,16 +41,16 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 
-from highpeaks_ml.errors import InvalidArgument, NotFound, ResourceExhausted
+from highpeaks_ml.errors import InvalidArgument, NotFound, ResourceExhausted, clip, quote
 from highpeaks_ml.registry.base import validate_name
-from highpeaks_ml.storage import fsync_dir
+from highpeaks_ml.registry.datasets import DatasetBlobs, LocalDatasetBlobs, meta_bytes
 
 log = logging.getLogger("highpeaks_ml.datasets")
 
@@ -96,6 +96,9 @@ class DatasetInfo:
     columns: tuple[ColumnInfo, ...]
     created_at: float
     created_by: str = ""
+    #: The target column named at upload: the default target of jobs on this
+    #: dataset ("" when none was named). The latest upload that names one sets it.
+    target_column: str = ""
 
     def column(self, name: str) -> ColumnInfo | None:
         """The column called ``name``, or None."""
@@ -182,8 +185,8 @@ class _ColumnStats:
     def info(self) -> ColumnInfo:
         if self.numeric and self.infinite_at is not None:
             raise InvalidArgument(
-                f"column {self.name!r} has an infinite value (data row {self.infinite_at + 1});"
-                " only finite numbers are accepted"
+                f"column {quote(self.name)} has an infinite value"
+                f" (data row {self.infinite_at + 1}); only finite numbers are accepted"
             )
         if self.numeric:
             return ColumnInfo(
@@ -206,7 +209,7 @@ def _check_header(header: list[str]) -> None:
         if not name.strip():
             raise InvalidArgument(f"CSV header: column {i} has an empty name")
         if name in seen:
-            raise InvalidArgument(f"CSV header: column name {name!r} appears twice")
+            raise InvalidArgument(f"CSV header: column name {quote(name)} appears twice")
         seen.add(name)
 
 
@@ -285,7 +288,7 @@ def analyse_frame(frame: pd.DataFrame) -> tuple[ColumnInfo, ...]:
     return tuple(out)
 
 
-def load_csv_frame(path: Path, columns: Iterable[ColumnInfo]) -> pd.DataFrame:
+def load_csv_frame(path: Path | BinaryIO, columns: Iterable[ColumnInfo]) -> pd.DataFrame:
     """Read the given columns of a CSV for training, typed as at upload.
 
     Numeric columns become float64 (missing values NaN); categorical ones
@@ -351,12 +354,14 @@ def _cell(value: Any, row: int, column: str) -> str:
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise InvalidArgument(f"inline row {row}, column {column!r}: {value!r} is not finite")
+            raise InvalidArgument(
+                f"inline row {row}, column {quote(column)}: {value!r} is not finite"
+            )
         return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
     if isinstance(value, str):
         return value
     raise InvalidArgument(
-        f"inline row {row}, column {column!r}: only numbers, strings and null are accepted"
+        f"inline row {row}, column {quote(column)}: only numbers, strings and null are accepted"
     )
 
 
@@ -373,7 +378,7 @@ def builtin_frame(name: str) -> pd.DataFrame:
     }
     if name not in loaders:
         raise InvalidArgument(
-            f"unknown built-in dataset {str(name)[:60]!r}; choose one of {', '.join(BUILTINS)}"
+            f"unknown built-in dataset {quote(name)}; choose one of {', '.join(BUILTINS)}"
         )
     bunch = loaders[name](as_frame=True)
     frame = bunch.frame.copy()
@@ -392,8 +397,7 @@ def frame_sha256(frame: pd.DataFrame) -> str:
 def validate_dataset_id(value: str) -> str:
     """A dataset id is a lowercase sha256 hex digest."""
     if not isinstance(value, str) or not _ID.fullmatch(value):
-        shown = str(value)[:80]
-        raise InvalidArgument(f"invalid dataset id {shown!r}: expected a sha256 hex digest")
+        raise InvalidArgument(f"invalid dataset id {quote(value)}: expected a sha256 hex digest")
     return value
 
 
@@ -402,16 +406,20 @@ def check_target_column(info: DatasetInfo, target: str) -> ColumnInfo:
     col = info.column(target)
     if col is None:
         names = info.column_names
-        shown = ", ".join(names[:_MAX_SHOWN_COLUMNS]) + (", ..." if len(names) > 20 else "")
-        raise InvalidArgument(f"target column {target!r} is not in the dataset (columns: {shown})")
+        shown = ", ".join(clip(n, 40) for n in names[:_MAX_SHOWN_COLUMNS])
+        shown += ", ..." if len(names) > _MAX_SHOWN_COLUMNS else ""
+        raise InvalidArgument(
+            f"target column {quote(target)} is not in the dataset (columns: {shown})"
+        )
     if col.missing:
         raise InvalidArgument(
-            f"target column {target!r} has {col.missing} missing (empty or NaN) values;"
+            f"target column {quote(target)} has {col.missing} missing (empty or NaN) values;"
             " every row needs a target"
         )
     if col.distinct_values < 2:
         raise InvalidArgument(
-            f"target column {target!r} is constant (one distinct value): there is nothing to learn"
+            f"target column {quote(target)} is constant (one distinct value):"
+            " there is nothing to learn"
         )
     return col
 
@@ -493,8 +501,9 @@ class Upload:
                 raise InvalidArgument("the dataset is empty (0 bytes)")
             existing = self.store.find(digest)
             if existing is not None:
-                if self.target_column:
+                if self.target_column and self.target_column != existing.target_column:
                     check_target_column(existing, self.target_column)
+                    return self.store._set_target(existing, self.target_column)
                 return existing
             rows, columns = analyse_csv(self.staging / DATA_FILE)
             info = DatasetInfo(
@@ -506,6 +515,7 @@ class Upload:
                 columns=columns,
                 created_at=time.time(),
                 created_by=self.created_by,
+                target_column=self.target_column,
             )
             if self.target_column:
                 check_target_column(info, self.target_column)
@@ -525,12 +535,17 @@ class Upload:
 
 
 class DatasetStore:
-    """Uploaded datasets under ``<home>/datasets`` plus the built-in ones."""
+    """Uploaded datasets (kept by ``blobs``: ``<home>/datasets`` unless given another
+    backend, registry/datasets.py) plus the built-in ones. Uploads are staged and
+    validated under ``<home>/tmp``."""
 
-    def __init__(self, home: Path, max_bytes: int = 1024**3) -> None:
+    def __init__(
+        self, home: Path, max_bytes: int = 1024**3, blobs: DatasetBlobs | None = None
+    ) -> None:
         self.home = Path(home)
         self.dir = self.home / "datasets"
         self.tmp_dir = self.home / "tmp"
+        self.blobs = blobs if blobs is not None else LocalDatasetBlobs(self.dir)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._cache: dict[str, DatasetInfo] = {}
@@ -542,7 +557,7 @@ class DatasetStore:
         An upload is abandoned when its lock file is missing or not held
         (its owner died); live uploads of other processes are left alone.
         """
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.blobs.start()
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         names = set(os.listdir(self.tmp_dir))
         for entry in sorted(names):
@@ -589,23 +604,12 @@ class DatasetStore:
         return upload.finish()
 
     def _commit(self, staging: Path, info: DatasetInfo) -> DatasetInfo:
-        with open(staging / META_FILE, "w", encoding="utf-8") as f:
-            json.dump(info.to_dict(), f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(staging)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(staging, self.dir / info.id)
-        except OSError as exc:
+        if not self.blobs.commit(info.id, staging, meta_bytes(info.to_dict())):
             # Same bytes stored meanwhile by a concurrent upload: keep that one.
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
             existing = self.find(info.id)
             if existing is not None:
                 return existing
-            raise
-        fsync_dir(self.dir)
+            raise FileExistsError(errno.EEXIST, "dataset exists but cannot be read")
         with self._lock:
             self._cache[info.id] = info
         log.info(
@@ -613,6 +617,15 @@ class DatasetStore:
             extra={"dataset": info.id, "rows": info.rows, "bytes": info.size_bytes},
         )
         return info
+
+    def _set_target(self, info: DatasetInfo, target_column: str) -> DatasetInfo:
+        """Record ``target_column`` as the dataset's default target (meta.json, atomically)."""
+        updated = replace(info, target_column=target_column)
+        self.blobs.write_meta(info.id, meta_bytes(updated.to_dict()))
+        with self._lock:
+            self._cache[info.id] = updated
+        log.info("dataset default target set", extra={"dataset": info.id})
+        return updated
 
     # --- reads -------------------------------------------------------------
 
@@ -623,10 +636,10 @@ class DatasetStore:
         if hit is not None:
             return hit
         try:
-            raw = json.loads((self.dir / dataset_id / META_FILE).read_text("utf-8"))
-            info = DatasetInfo.from_dict(raw)
-        except FileNotFoundError:
-            return None
+            data = self.blobs.read_meta(dataset_id)
+            if data is None:
+                return None
+            info = DatasetInfo.from_dict(json.loads(data))
         except (OSError, ValueError, TypeError):
             log.warning("dataset %s has unreadable metadata; skipped", dataset_id)
             return None
@@ -639,23 +652,20 @@ class DatasetStore:
         validate_dataset_id(dataset_id)
         info = self.find(dataset_id)
         if info is None:
-            raise NotFound(f"dataset {dataset_id!r} not found")
+            raise NotFound(f"dataset {quote(dataset_id)} not found")
         return info
 
     def list(self, limit: int = 100) -> list[DatasetInfo]:
         """Stored datasets, newest first."""
-        try:
-            entries = [e for e in os.listdir(self.dir) if _ID.fullmatch(e)]
-        except FileNotFoundError:
-            entries = []
+        entries = [e for e in self.blobs.list_ids() if _ID.fullmatch(e)]
         found = [info for e in entries if (info := self.find(e)) is not None]
         found.sort(key=lambda d: (d.created_at, d.id), reverse=True)
         return found[: limit if limit > 0 else 100]
 
-    def data_path(self, dataset_id: str) -> Path:
-        """Where a stored dataset's bytes are."""
+    def read_bytes(self, dataset_id: str) -> bytes:
+        """A stored dataset's bytes (what a training job's spec carries)."""
         self.get(dataset_id)
-        return self.dir / dataset_id / DATA_FILE
+        return self.blobs.read_data(dataset_id)
 
     def builtin(self, name: str) -> tuple[DatasetInfo, str]:
         """A built-in dataset's description and the sha256 of its canonical CSV."""

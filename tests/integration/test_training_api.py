@@ -263,7 +263,7 @@ HOSTILE = [
     ({"model": "A"}, "invalid model name"),
     ({"model": "x" * 1000}, "invalid model name"),
     ({"model": "a\x00b"}, "invalid model name"),
-    ({"algorithm": "xgboost"}, "unknown algorithm"),
+    ({"algorithm": "no_such_algorithm"}, "unknown algorithm"),
     ({"params": {"n_jobs": -1}}, "unknown hyperparameter 'n_jobs'"),
     ({"params": {"n_estimators": 10**9}}, "'n_estimators' of 'random_forest' must be <= 1000"),
     ({"params": {"max_depth": "deep"}}, "'max_depth' of 'random_forest' must be a number"),
@@ -470,6 +470,11 @@ def test_demo_restart_recovery_and_shutdown(tmp_path_factory):
             _wait_stage(c, running.id)
             queued = c.start_training("recovered", "logistic_regression", "builtin:iris")
             assert c.get_job(queued.id).state == QUEUED
+            # Inline rows wait beside the queued job's record until it runs.
+            rows = [{"x": float(i), "y": i % 2} for i in range(40)]
+            inline = c.start_training("recovered-inline", "logistic_regression", rows, target="y")
+            assert c.get_job(inline.id).state == QUEUED
+            assert (home / "jobs" / f"{inline.id}.csv").exists()
         worker = _record(server, running.id)["worker_pid"]
         server.terminate(signal.SIGKILL)  # the server dies mid-job
         assert _gone(worker)  # and its worker with it
@@ -484,6 +489,9 @@ def test_demo_restart_recovery_and_shutdown(tmp_path_factory):
             assert "interrupted by a server restart" in interrupted.error
             resumed = c.wait_job(queued.id, timeout=120)
             assert resumed.state == SUCCEEDED and resumed.model_version == 1
+            resumed_inline = c.wait_job(inline.id, timeout=120)
+            assert resumed_inline.state == SUCCEEDED, resumed_inline.error
+            assert not (home / "jobs" / f"{inline.id}.csv").exists()
             assert not [e for e in os.listdir(home / "tmp") if e.startswith("job-")]
             assert len(c.list_jobs(model="iris")) == 1  # a model exists: no second demo
 
@@ -533,3 +541,119 @@ def test_created_by_is_the_authenticated_caller(tmp_path_factory, tmp_path):
         assert LocalModelStore(home).resolve("owned").created_by == "alice"
     finally:
         server.stop()
+
+
+# --- dataset default target, idempotency conflicts, resources, placement ----------
+
+
+def test_the_target_named_at_upload_is_the_default_target(client, server, tmp_path):
+    path = _mixed_csv(tmp_path / "default-target.csv", rows=150)
+    ds = client.upload_dataset(path, name="default-target", target="churn")
+    assert ds.target_column == "churn"
+    assert client.get_dataset(ds.id).target_column == "churn"
+    implicit = client.start_training("default-target", "logistic_regression", ds.id)
+    explicit = client.start_training(
+        "default-target", "logistic_regression", ds.id, target="region"
+    )
+    # The same bytes uploaded again naming another column: that one is the default now.
+    assert client.upload_dataset(path, target="region").target_column == "region"
+    assert client.upload_dataset(path).target_column == "region"  # naming none keeps it
+    after = client.start_training("default-target", "logistic_regression", ds.id, seed=1)
+    targets = {}
+    for job in (implicit, explicit, after):
+        final = client.wait_job(job.id, timeout=120)
+        assert final.state == SUCCEEDED, final.error
+        # A fresh reader each time: one store's cache may be up to refresh_s behind
+        # the server's publishes (a version landed right after the last read).
+        store = LocalModelStore(_home(server))
+        meta = store.resolve("default-target", version=final.model_version)
+        targets[job.id] = (meta.dataset["target_column"], meta.class_labels)
+    assert targets[implicit.id] == ("churn", ("no", "yes"))
+    assert targets[explicit.id] == ("region", ("east", "north", "south"))
+    assert targets[after.id][0] == "region"
+
+
+def test_an_idempotency_key_reused_with_other_parameters_is_refused(client):
+    first = client.start_training(
+        "idem-conflict", "decision_tree", "builtin:wine", idempotency_key="order-7"
+    )
+    for other in (
+        {"params": {"max_depth": 3}},
+        {"dataset": "builtin:iris"},
+        {"aliases": ["prod"]},
+    ):
+        kw = {"params": None, "dataset": "builtin:wine", **other}
+        with pytest.raises(grpc.RpcError) as err:
+            client.start_training(
+                "idem-conflict",
+                "decision_tree",
+                kw.pop("dataset"),
+                kw.pop("params"),
+                idempotency_key="order-7",
+                **kw,
+            )
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, other
+        assert first.id in err.value.details() and "order-7" in err.value.details()
+    same = client.start_training(
+        "idem-conflict", "decision_tree", "builtin:wine", idempotency_key="order-7"
+    )
+    assert same.id == first.id
+    # Inline rows count as parameters too.
+    rows = _rows(40, lambda i: i % 2)
+    inline = client.start_training("idem-rows", "knn", rows, target="y", idempotency_key="rows")
+    assert client.start_training(
+        "idem-rows", "knn", rows, target="y", idempotency_key="rows"
+    ).id == (inline.id)
+    changed = [dict(r) for r in rows]
+    changed[0]["x"] = 99.0
+    with pytest.raises(grpc.RpcError) as err:
+        client.start_training("idem-rows", "knn", changed, target="y", idempotency_key="rows")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert len(client.list_jobs(model="idem-conflict")) == 1
+    for job in (first, inline):
+        assert client.wait_job(job.id, timeout=120).state == SUCCEEDED
+
+
+def test_resources_and_placement_are_recorded(client, server):
+    import socket
+
+    job = client.start_training(
+        "placed", "random_forest", "builtin:iris", {"n_estimators": 10}, cpus=2, memory_mb=1024
+    )
+    assert (job.resources.cpus, job.resources.memory_mb) == (2, 1024)
+    assert not job.placement.backend  # not started yet
+    final = client.wait_job(job.id, timeout=120)
+    assert final.state == SUCCEEDED, final.error
+    assert final.placement.backend == "local"
+    assert final.placement.node == socket.gethostname()
+    assert final.placement.worker.startswith("pid ")
+    assert _record(server, job.id)["worker_pid"] == int(final.placement.worker.split()[1])
+    default = client.start_training("placed", "knn", "builtin:iris")
+    assert (default.resources.cpus, default.resources.memory_mb) == (1, 2048)  # the settings'
+    for resources, fragment in (
+        ({"cpus": 100_000}, "resources.cpus must be between 1 and"),
+        ({"memory_mb": 10**9}, "resources.memory_mb must be between 64 and"),
+        ({"memory_mb": 10}, "resources.memory_mb must be between 64 and"),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            client.start_training("placed", "knn", "builtin:iris", **resources)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, resources
+        assert fragment in err.value.details()
+    assert client.wait_job(default.id, timeout=120).state == SUCCEEDED
+
+
+def test_a_job_over_its_memory_bound_fails_and_the_rest_goes_on(client, server):
+    # 10 hidden layers of 4096 units: about 1.2 GB of weights alone, far past 256 MiB.
+    huge = {"hidden_units": 4096, "hidden_layers": 10, "max_iter": 1}
+    hog = client.start_training("hog", "mlp", "builtin:iris", huge, memory_mb=256)
+    neighbour = client.start_training("hog-neighbour", "logistic_regression", "builtin:iris")
+    final = client.wait_job(hog.id, timeout=120)
+    assert final.state == FAILED
+    assert "memory limit of 256 MiB" in final.error and "nothing was published" in final.error
+    assert client.wait_job(neighbour.id, timeout=120).state == SUCCEEDED
+    assert client.health() == "SERVING"
+    with pytest.raises(NotFound):
+        LocalModelStore(_home(server)).get_model("hog")
+    # The worker it ran on was replaced: the pool runs the next jobs.
+    again = [client.start_training("hog-after", "knn", "builtin:iris", seed=s) for s in (1, 2)]
+    assert [client.wait_job(j.id, timeout=120).state for j in again] == [SUCCEEDED] * 2

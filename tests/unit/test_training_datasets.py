@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -171,7 +172,7 @@ def test_type_is_decided_over_every_chunk(store, monkeypatch):
 
 def test_load_csv_frame_types_like_the_upload(store):
     info = store.add_bytes(CSV)
-    frame = ds.load_csv_frame(store.data_path(info.id), info.columns)
+    frame = ds.load_csv_frame(io.BytesIO(store.read_bytes(info.id)), info.columns)
     assert frame["size"].dtype == "float64"
     assert list(frame["color"]) == ["red", "blue", "", "red"]
     assert frame["price"].isna().sum() == 1

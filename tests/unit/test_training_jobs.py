@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -25,11 +24,11 @@ from highpeaks_ml.training.jobs import (
     FAILED,
     QUEUED,
     RUNNING,
-    DatasetSource,
     Job,
     JobManager,
     TrainRequest,
 )
+from highpeaks_ml.training.spec import BuiltinDataset, InlineDataset
 from tests.conftest import make_settings
 
 IRIS_FEATURES = [
@@ -49,15 +48,16 @@ class RefusingStore(ModelStore):
     def list_models(self) -> list[ModelInfo]:
         return []
 
-    def publish_file(self, name, onnx_path, meta, aliases=()):  # type: ignore[override]
-        assert Path(onnx_path).is_file()
+    def publish(self, name, onnx_bytes, meta, aliases=(), artifacts=None):  # type: ignore[override]
+        assert onnx_bytes
         self.attempts.append((name, meta))
         raise Unavailable("the model storage is read-only")
 
     def _unused(self, *args, **kwargs):
         raise AssertionError("not used by JobManager")
 
-    get_model = resolve = read_model = iter_model_chunks = publish = _unused  # type: ignore[assignment]
+    get_model = resolve = read_model = iter_model_chunks = publish_file = _unused  # type: ignore[assignment]
+    read_artifact = _unused  # type: ignore[assignment]
     set_alias = delete_alias = delete_version = add_listener = recover = _unused  # type: ignore[assignment]
 
 
@@ -66,7 +66,7 @@ def _record(job_id: str, state: str, model: str) -> dict:
         id=job_id,
         model_name=model,
         algorithm="logistic_regression",
-        request=TrainRequest(model, "logistic_regression", DatasetSource("builtin", "iris")),
+        request=TrainRequest(model, "logistic_regression", BuiltinDataset("iris")),
         state=state,
         stage="FITTING" if state == RUNNING else "",
         created_at=time.time(),
@@ -95,7 +95,7 @@ def run() -> Iterator[Callable]:
 
 def test_records_round_trip_without_inline_rows():
     rows = [{"x": 1.0, "y": "a"}, {"x": 2.0, "y": "b"}]
-    req = TrainRequest("m", "knn", DatasetSource("inline", rows=rows, row_count=2), seed=5)
+    req = TrainRequest("m", "knn", InlineDataset(rows=tuple(rows), row_count=2), seed=5)
     job = Job("j1", "m", "knn", req, created_at=1.0)
     data = json.loads(json.dumps(job.to_dict()))
     assert "rows" not in data["request"]["dataset"]
@@ -151,9 +151,7 @@ def test_serving_only_server_leaves_the_trainers_jobs_alone(tmp_path, run):
         await manager.start()
         try:
             with pytest.raises(Unavailable, match="training_workers=0"):
-                await manager.start_training(
-                    TrainRequest("m", "knn", DatasetSource("builtin", "iris"))
-                )
+                await manager.start_training(TrainRequest("m", "knn", BuiltinDataset("iris")))
             with pytest.raises(Unavailable):
                 manager.get("live")
         finally:
@@ -204,3 +202,69 @@ def test_a_job_killed_after_its_version_landed_is_recovered_as_succeeded(tmp_pat
     assert store.get_model("m").aliases == {"production": 2, "staging": 2, "canary": 3}
     on_disk = json.loads((home / "jobs" / "landed.json").read_text())
     assert on_disk["state"] == SUCCEEDED and on_disk["model_version"] == 2
+
+
+def test_a_promotion_decided_before_a_restart_is_applied_at_recovery(tmp_path, run):
+    """Killed while REGISTERING after its version (with the promote-if-better
+    decision in its metadata) landed and before the alias moved: recovery applies
+    the decision under the publish's guard (the alias moves only from where the
+    decision found it), and the job reports the decision."""
+    from highpeaks_ml.registry.local import LocalModelStore
+    from highpeaks_ml.training.jobs import SUCCEEDED
+    from tests.support import serving_models as sm
+
+    home = tmp_path / "home"
+    (home / "jobs").mkdir(parents=True)
+    store = LocalModelStore(home)
+    store.start()
+    iris = sm.iris_logreg()
+
+    def decision(promoted: bool) -> dict:
+        return {
+            "alias": "production",
+            "metric": "accuracy",
+            "greater_is_better": True,
+            "new_score": 0.97 if promoted else 0.90,
+            "current_version": 1,
+            "current_score": 0.93,
+            "promoted": promoted,
+            "reason": "accuracy 0.97 beats 0.93 of version 1" if promoted else "does not beat",
+        }
+
+    # "better": beat production (v1); "worse": did not; "moved": beat v1, but
+    # production was moved to v3 after the job compared.
+    cases = {"better": True, "worse": False, "moved": True}
+    for model, promoted in cases.items():
+        store.publish(model, iris.onnx, iris.meta, aliases=("production",))
+        landed = replace(iris.meta, job_id=model, promotion=decision(promoted))
+        store.publish(model, iris.onnx, landed)  # v2, without the alias: the crash
+        record = _record(model, RUNNING, model)
+        record["stage"] = "REGISTERING"
+        record["request"]["promote_if_better"] = "production"
+        (home / "jobs" / f"{model}.json").write_text(json.dumps(record))
+    store.publish("moved", iris.onnx, iris.meta, aliases=("production",))  # v3
+    manager = JobManager(make_settings(home), store, DatasetStore(home))
+
+    async def scenario():
+        await manager.start()
+        try:
+            return {model: manager.get(model) for model in cases}
+        finally:
+            await manager.begin_shutdown()
+            await manager.close()
+
+    jobs = run(scenario())
+    assert {m: (j.state, j.model_version) for m, j in jobs.items()} == {
+        m: (SUCCEEDED, 2) for m in cases
+    }
+    assert {m: store.get_model(m).aliases["production"] for m in cases} == {
+        "better": 2,
+        "worse": 1,
+        "moved": 3,
+    }
+    assert jobs["better"].promotion == decision(True)
+    assert jobs["worse"].promotion == decision(False)
+    moved = jobs["moved"].promotion
+    assert moved["promoted"] is False and "now points to version 3" in moved["reason"]
+    on_disk = json.loads((home / "jobs" / "better.json").read_text())
+    assert on_disk["promotion"]["promoted"] is True

@@ -1,11 +1,12 @@
 """Retention of ended training job records: by age, by count, across restarts, crash leftovers.
 
-Real files in a temporary home; the only stand-in is ``IdleWorker`` for the
-worker process (a fake, not a mock): it reports ready, takes a job and never
-answers, so a job stays RUNNING (or QUEUED behind it) for as long as a test
-needs, without spawning an interpreter that imports scikit-learn. The real
-worker path is covered by tests/unit/test_training_jobs.py and the
-integration tests (tests/integration/test_job_retention.py for retention).
+Real files in a temporary home; the only stand-in is ``IdleExecutor`` for the
+executor (a fake of the ``Executor`` protocol, not a mock): it starts each job
+and never finishes it until cancelled, so a job stays RUNNING (or QUEUED
+behind it) for as long as a test needs, without spawning an interpreter that
+imports scikit-learn. The real executor is covered by
+tests/unit/test_training_jobs.py and the integration tests
+(tests/integration/test_job_retention.py for retention).
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,17 +26,24 @@ from pydantic import ValidationError
 from highpeaks_ml import metrics
 from highpeaks_ml.config import Settings, add_settings_flags, settings_from_args
 from highpeaks_ml.errors import NotFound
-from highpeaks_ml.training import jobs as jobs_mod
 from highpeaks_ml.training.datasets import DatasetStore
+from highpeaks_ml.training.executor import Executor
 from highpeaks_ml.training.jobs import (
     CANCELLED,
     FAILED,
     QUEUED,
     RUNNING,
     SUCCEEDED,
-    DatasetSource,
     JobManager,
     TrainRequest,
+)
+from highpeaks_ml.training.spec import (
+    BuiltinDataset,
+    Cancelled,
+    JobEvent,
+    JobSpec,
+    Placement,
+    Started,
 )
 from tests.conftest import make_settings
 from tests.unit.test_training_jobs import RefusingStore, _record
@@ -46,34 +52,41 @@ DAY = 24 * 3600.0
 PRUNED = "highpeaks_ml_training_job_records_pruned_total"
 
 
-class IdleWorker:
-    """Stands in for ``jobs._Worker``: ready at once, takes a job, never answers."""
+class IdleExecutor:
+    """An ``Executor`` whose jobs start at once and never end until cancelled."""
 
-    def __init__(self, ctx: Any, settings: Settings) -> None:
-        self.conn, self._far = multiprocessing.Pipe(duplex=True)
-        self._far.send(("ready", None))
-        self._sentinel_r, self._sentinel_w = os.pipe()  # never written: never "died"
-        self.proc = SimpleNamespace(sentinel=self._sentinel_r)
-        self.ready = False
+    backend = "idle"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._cancel: dict[str, asyncio.Event] = {}
 
     @property
-    def pid(self) -> int:
-        return 0
+    def slots(self) -> int:
+        return self.settings.training_workers
 
-    def alive(self) -> bool:
-        return True
+    async def start(self) -> None:
+        pass
 
-    async def stop(self, kill: bool = True, grace_s: float = 10.0) -> int | None:
-        for end in (self.conn, self._far):
-            end.close()
-        for fd in (self._sentinel_r, self._sentinel_w):
-            os.close(fd)
+    def health(self) -> str | None:
         return None
 
+    async def cancel(self, job_id: str) -> None:
+        self._cancel.setdefault(job_id, asyncio.Event()).set()
 
-@pytest.fixture(autouse=True)
-def idle_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs_mod, "_Worker", IdleWorker)
+    async def close(self) -> None:
+        for event in self._cancel.values():
+            event.set()
+
+    async def run(self, spec: JobSpec) -> AsyncIterator[JobEvent]:
+        cancel = self._cancel.setdefault(spec.job_id, asyncio.Event())
+        yield Started(Placement(self.backend))
+        await cancel.wait()
+        yield Cancelled()
+
+
+def test_the_fake_is_an_executor(tmp_path):
+    assert isinstance(IdleExecutor(make_settings(tmp_path)), Executor)
 
 
 @pytest.fixture
@@ -109,7 +122,8 @@ def write_record(
 
 
 def manager(home: Path, **overrides: Any) -> JobManager:
-    return JobManager(make_settings(home, **overrides), RefusingStore(), DatasetStore(home))
+    settings = make_settings(home, **overrides)
+    return JobManager(settings, RefusingStore(), DatasetStore(home), IdleExecutor(settings))
 
 
 def run(coro: Any) -> Any:
@@ -136,9 +150,7 @@ async def until(predicate: Any, within_s: float = 10.0) -> None:
 
 
 def iris(key: str = "") -> TrainRequest:
-    return TrainRequest(
-        "m", "logistic_regression", DatasetSource("builtin", "iris"), idempotency_key=key
-    )
+    return TrainRequest("m", "logistic_regression", BuiltinDataset("iris"), idempotency_key=key)
 
 
 def test_settings_defaults_validation_and_flags(monkeypatch):
