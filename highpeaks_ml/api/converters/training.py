@@ -8,11 +8,19 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
+from highpeaks_ml.api.converters import search as search_conv
 from highpeaks_ml.api.converters.registry import TASK_FROM_PROTO, TASK_TO_PROTO
+from highpeaks_ml.api.errors import bounded
 from highpeaks_ml.errors import InvalidArgument
 from highpeaks_ml.training.catalogue import Algorithm, Param
 from highpeaks_ml.training.datasets import CATEGORICAL, NUMERIC, DatasetInfo
-from highpeaks_ml.training.jobs import STATES, DatasetSource, Job, TrainRequest
+from highpeaks_ml.training.jobs import STATES, Job, TrainRequest
+from highpeaks_ml.training.spec import (
+    BuiltinDataset,
+    DatasetSource,
+    InlineDataset,
+    UploadedDataset,
+)
 from highpeaks_ml.v1 import common_pb2, train_pb2
 
 _PARAM_TYPES = {
@@ -110,6 +118,7 @@ def dataset_to_proto(info: DatasetInfo) -> train_pb2.Dataset:
         size_bytes=info.size_bytes,
         rows=info.rows,
         created_by=info.created_by,
+        target_column=info.target_column,
         columns=[
             train_pb2.Column(
                 name=c.name,
@@ -168,13 +177,12 @@ def task_from_proto(value: int, field: str = "task") -> str:
 def _dataset_from_proto(ref: train_pb2.DatasetRef) -> DatasetSource:
     which = ref.WhichOneof("source")
     if which == "dataset_id":
-        return DatasetSource("dataset_id", ref.dataset_id)
+        return UploadedDataset(ref.dataset_id)
     if which == "builtin":
-        name = ref.builtin
-        return DatasetSource("builtin", name.removeprefix(BUILTIN_PREFIX))
+        return BuiltinDataset(ref.builtin.removeprefix(BUILTIN_PREFIX))
     if which == "inline":
         rows = [_from_struct(r, f"dataset.inline.rows[{i}]") for i, r in enumerate(ref.inline.rows)]
-        return DatasetSource("inline", rows=rows, row_count=len(rows))
+        return InlineDataset(rows=tuple(rows), row_count=len(rows))
     raise InvalidArgument("dataset: give a dataset_id, a builtin name or inline rows")
 
 
@@ -196,15 +204,21 @@ def train_request_from_proto(req: train_pb2.StartTrainingRequest) -> TrainReques
         time_limit_s=req.time_limit_seconds,
         description=req.description,
         feature_columns=list(req.feature_columns),
+        cpus=req.resources.cpus,
+        memory_mb=req.resources.memory_mb,
+        search=search_conv.search_request_from_proto(req.search)
+        if req.HasField("search")
+        else None,
+        promote_if_better=req.promote_if_better,
     )
 
 
 def _request_to_proto(req: TrainRequest) -> train_pb2.StartTrainingRequest:
     src = req.dataset
-    if src.kind == "dataset_id":
-        dataset = train_pb2.DatasetRef(dataset_id=src.value)
-    elif src.kind == "builtin":
-        dataset = train_pb2.DatasetRef(builtin=src.value)
+    if isinstance(src, UploadedDataset):
+        dataset = train_pb2.DatasetRef(dataset_id=src.dataset_id)
+    elif isinstance(src, BuiltinDataset):
+        dataset = train_pb2.DatasetRef(builtin=src.name)
     else:
         # The rows themselves are not echoed back (they can be megabytes).
         dataset = train_pb2.DatasetRef(inline=train_pb2.InlineDataset())
@@ -221,9 +235,13 @@ def _request_to_proto(req: TrainRequest) -> train_pb2.StartTrainingRequest:
         time_limit_seconds=req.time_limit_s,
         description=req.description,
         feature_columns=req.feature_columns,
+        resources=train_pb2.JobResources(cpus=req.cpus, memory_mb=req.memory_mb),
+        promote_if_better=req.promote_if_better,
     )
     if req.seed is not None:
         out.seed = req.seed
+    if req.search is not None:
+        out.search.CopyFrom(search_conv.search_request_to_proto(req.search))
     return out
 
 
@@ -235,13 +253,19 @@ def job_to_proto(job: Job) -> train_pb2.TrainingJob:
         algorithm=job.algorithm,
         state=f"JOB_STATE_{job.state}",
         stage=f"JOB_STAGE_{job.stage}" if job.stage else "JOB_STAGE_UNSPECIFIED",
-        error=job.error,
+        error=bounded(job.error),  # as small as any status message (api/errors.py)
         model_version=job.model_version,
         metrics=job.metrics,
         request=_request_to_proto(job.request),
         created_by=job.created_by,
         task=TASK_TO_PROTO.get(job.task, common_pb2.TASK_UNSPECIFIED),
+        resources=train_pb2.JobResources(cpus=job.cpus, memory_mb=job.memory_mb),
+        placement=train_pb2.JobPlacement(backend=job.backend, node=job.node, worker=job.worker),
     )
+    if job.search:
+        out.search.CopyFrom(search_conv.progress_to_proto(job.search))
+    if job.promotion:
+        out.promotion.CopyFrom(search_conv.promotion_to_proto(job.promotion))
     for name, seconds in (
         ("created_at", job.created_at),
         ("started_at", job.started_at),
