@@ -35,8 +35,22 @@ COPY pyproject.toml constraints.txt ./
 
 # The runtime dependencies (no dev extra), read from pyproject.toml and pinned
 # by constraints.txt; the environment markers pick onnxruntime-gpu on x86_64.
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+# Plus the gradient-boosting extra: `boost-gpu` (XGBoost's CUDA build, which
+# trains on the GPU, ~550 MB with NCCL) in the GPU image, `boost` (the
+# CPU-only xgboost-cpu wheel) without CUDA libraries. One module, two wheels:
+# never both (docs/training.md, "XGBoost and LightGBM").
+RUN extra="$([ "$WITH_CUDA_LIBS" = "true" ] && echo boost-gpu || echo boost)" \
+    && python -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies'][sys.argv[1]]))" "$extra" > /tmp/requirements.txt \
     && pip install --no-cache-dir --constraint constraints.txt --requirement /tmp/requirements.txt
+
+# The `ray` extra (ray[default], pinned by constraints.txt): the trainer's
+# --training-backend ray, and the same image runs the KubeRay head and workers
+# (k8s/overlays/ray). About 270 MB installed; WITH_RAY=false leaves it out.
+ARG WITH_RAY=true
+RUN if [ "$WITH_RAY" = "true" ]; then \
+        python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['ray']))" > /tmp/ray.txt \
+        && pip install --no-cache-dir --constraint constraints.txt --requirement /tmp/ray.txt; \
+    fi
 
 # CUDA 13 and cuDNN 9 user-space libraries for onnxruntime's CUDA provider
 # (about 1.25 GiB of wheels, 2 GiB installed). The onnxruntime-gpu version
@@ -69,6 +83,15 @@ RUN groupadd --system --gid 10001 highpeaks \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
         --home-dir /var/lib/highpeaks-ml --shell /usr/sbin/nologin highpeaks \
     && install -d -o 10001 -g 10001 -m 0750 /var/lib/highpeaks-ml
+
+# LightGBM's wheel links the system's OpenMP runtime (scikit-learn and
+# XGBoost bring their own copies); the slim image has none. Debian's package
+# version is not pinned: stable only ships security fixes of it, and a pin
+# would break the build at the next one.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
 
 COPY --from=builder /opt/venv /opt/venv
 

@@ -18,7 +18,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[dev]'
+	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[dev,boost]'
 	touch $(STAMP)
 
 venv: $(STAMP) ## create .venv and install the project with its dev tools
@@ -43,6 +43,7 @@ proto-check: $(STAMP) ## fail when the committed stubs differ from a fresh gener
 	$(PY) scripts/gen_protos.py --check
 
 pytest: $(STAMP) ## run pytest only
+	sh scripts/ensure_chromium.sh
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 deploy-check: $(STAMP) ## render + validate the k8s overlays offline, lint Dockerfile/YAML/workflow
@@ -54,7 +55,7 @@ bench: $(STAMP) ## serving benchmark on loopback (prints ratios against baseline
 lock: ## re-pin constraints.txt from a fresh resolution of pyproject.toml (+ the image's CUDA wheels)
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
 	.lockenv/bin/pip install --quiet --upgrade pip
-	.lockenv/bin/pip install --quiet '.[dev]'
+	.lockenv/bin/pip install --quiet '.[dev,boost]'
 	.lockenv/bin/pip freeze --exclude-editable --exclude highpeaks-ml | sort > constraints.txt
 	.lockenv/bin/python scripts/pin_cuda_libs.py
 	rm -rf .lockenv

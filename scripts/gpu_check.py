@@ -42,7 +42,14 @@ it ends within 6 minutes):
    servers competing for the cores); only ``--device`` differs. Where the
    nodes of each model run (CUDA or CPU fallback) is read from an
    onnxruntime profile.
-4. Output under ``--out`` (else ``$OUT``): results.json, results.txt (the
+4. Training (before the serving phases): XGBoost ``hist`` fit seconds on
+   generated data (1,000,000 rows x 50 features, the catalogue's defaults of
+   100 trees of depth 6; ``--tiny``: 2,000 x 10, 5 trees) with
+   ``device="cuda"`` and with ``device="cpu"`` (every usable core), in this
+   process, and the CPU/CUDA fit-time ratio. Needs XGBoost (the CUDA build
+   for the CUDA row, ``xgboost`` in scripts/gpu_wheels.txt); a missing one is
+   listed under ``skipped``, not failed.
+5. Output under ``--out`` (else ``$OUT``): results.json, results.txt (the
    tables) and log (this run and every server's log). Exit status 0 when
    every check passed, 1 when one failed, 3 while carried wheel parts are
    still missing (``--wheels``).
@@ -113,6 +120,11 @@ class Plan:
     rate_s: float  # measurement window per concurrency case
     min_calls: int
     batched_rows: int  # concurrent batch-1 requests checked against the reference
+    # XGBoost training measurement: generated rows x features, trees, depth.
+    xgb_rows: int = 1_000_000
+    xgb_features: int = 50
+    xgb_trees: int = 100
+    xgb_depth: int = 6
 
 
 FULL = Plan(
@@ -148,6 +160,10 @@ TINY = Plan(
     rate_s=0.3,
     min_calls=2,
     batched_rows=16,
+    xgb_rows=2_000,
+    xgb_features=10,
+    xgb_trees=5,
+    xgb_depth=4,
 )
 
 
@@ -585,6 +601,64 @@ def build_models(plan: Plan) -> dict[str, Model]:
     return models
 
 
+def training_data(plan: Plan) -> tuple[Any, Any]:
+    """Generated rows for the XGBoost measurement: float32 features, a binary target
+    that depends on a few of them (and noise), fixed by its seed."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((plan.xgb_rows, plan.xgb_features), dtype=np.float32)
+    k = min(5, plan.xgb_features)
+    score = X[:, :k].sum(axis=1) + 0.5 * X[:, k - 1] ** 2 + rng.standard_normal(plan.xgb_rows)
+    return X, (score > 0.5).astype(np.int32)
+
+
+def fit_xgboost(X: Any, y: Any, plan: Plan, device: str) -> dict[str, Any]:
+    """One timed XGBClassifier fit (``hist``) on ``device``, after a small untimed
+    warm-up fit there (CUDA context and kernels), with the device it really used."""
+    import numpy as np
+    from xgboost import XGBClassifier
+
+    from highpeaks_ml.serving.providers import usable_cores
+
+    threads = usable_cores()
+
+    def model(trees: int) -> Any:
+        return XGBClassifier(
+            n_estimators=trees,
+            max_depth=plan.xgb_depth,
+            tree_method="hist",
+            device=device,
+            n_jobs=threads,
+            random_state=0,
+        )
+
+    t = time.monotonic()
+    model(2).fit(X[:1000], y[:1000])
+    warm_s = time.monotonic() - t
+    est = model(plan.xgb_trees)
+    t = time.monotonic()
+    est.fit(X, y)
+    fit_s = time.monotonic() - t
+    config = json.loads(est.get_booster().save_config())
+    used = config.get("learner", {}).get("generic_param", {}).get("device", "?")
+    est.set_params(device="cpu")  # predict on the host's copy of the data
+    check = slice(0, min(len(y), 100_000))
+    accuracy = float(np.mean(est.predict(X[check]) == y[check]))
+    return {
+        "device": device,
+        "device_used": used,
+        "rows": int(X.shape[0]),
+        "features": int(X.shape[1]),
+        "trees": plan.xgb_trees,
+        "depth": plan.xgb_depth,
+        "cpu_threads": threads,
+        "warmup_s": round(warm_s, 3),
+        "fit_s": round(fit_s, 3),
+        "train_accuracy": round(accuracy, 4),
+    }
+
+
 def _session(
     onnx: bytes,
     device: str,
@@ -704,7 +778,7 @@ async def _batched_predictions(target: str, name: str, X: Any) -> tuple[Any, Any
     import numpy as np
     from grpc import aio
 
-    from highpeaks_ml.api.converters.predict import PredictResult, build_request
+    from highpeaks_ml.client import PredictResult, build_request
     from highpeaks_ml.v1 import predict_pb2_grpc
 
     async with aio.insecure_channel(target) as ch:
@@ -745,6 +819,7 @@ class Run:
             "placement": [],
             "unary": [],
             "concurrent": [],
+            "training": [],
             "ratios": [],
             "errors": [],
             "skipped": [],
@@ -829,6 +904,8 @@ class Run:
             models = build_models(self.plan)
             self.results["models"] = {m.name: m.info for m in models.values()}
             self.write()
+            self.training_phase()
+            self.write()
             requests = self.requests(models)
             for i, device in enumerate(self.devices):
                 # The CUDA phase may take at most ~55% of what is left, so the CPU
@@ -848,6 +925,36 @@ class Run:
         self.write()
         log.info("results:\n%s", text_report(self.results))
         return 0 if self.results["passed"] else 1
+
+    def training_phase(self) -> None:
+        """XGBoost ``hist`` fit seconds, CUDA (``--device cuda``) then CPU, in this process."""
+        plan = self.plan
+        try:
+            import xgboost
+        except ImportError:
+            self.results["skipped"].append("training: XGBoost is not installed")
+            return
+        cuda_build = bool(xgboost.build_info().get("USE_CUDA", False))
+        self.results["environment"]["versions"]["xgboost"] = xgboost.__version__
+        self.results["environment"]["xgboost_cuda_build"] = cuda_build
+        X, y = training_data(plan)
+        for device in self.devices:
+            if device == "cuda" and not cuda_build:
+                self.results["skipped"].append(
+                    "training on cuda: this XGBoost build has no CUDA (carry the xgboost wheel)"
+                )
+                continue
+            # Rough need: the CPU fit of the full size takes ~20 s on 16 cores.
+            if self.skip(f"training on {device}", None, 5 if self.args.tiny else 30):
+                continue
+            try:
+                row = fit_xgboost(X, y, plan, device)
+            except Exception as exc:
+                self.error(f"training on {device}", exc)
+                continue
+            self.results["training"].append(row)
+            log.info("training: %s", row)
+            self.write()
 
     def requests(self, models: dict[str, Model]) -> dict[str, dict[int, bytes]]:
         """Serialised raw requests per model and batch size (the same bytes for every server)."""
@@ -1096,6 +1203,17 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
                         "cuda_over_cpu": round(cuda / cpu, 2),
                     }
                 )
+    fits = {r["device"]: r["fit_s"] for r in results.get("training", [])}
+    if fits.get("cuda") and fits.get("cpu"):
+        out.append(
+            {
+                "model": "xgboost hist",
+                "measure": "training fit seconds (CPU / CUDA: how many times faster on CUDA)",
+                "cuda_fit_s": fits["cuda"],
+                "cpu_fit_s": fits["cpu"],
+                "cpu_over_cuda": round(fits["cpu"] / fits["cuda"], 2),
+            }
+        )
     return out
 
 
@@ -1238,6 +1356,32 @@ def text_report(results: dict[str, Any]) -> str:
         lines += ["", "In-process CUDA vs in-process CPU (check rows):"]
         head = "model | CUDA options | max abs diff | label diffs | within tolerance"
         lines.append(_table(diagnostics, head))
+    plan = results["plan"]
+    lines += [
+        "",
+        f"XGBoost training, hist, {plan.get('xgb_rows', 0):,} rows x"
+        f" {plan.get('xgb_features', 0)} features, {plan.get('xgb_trees', 0)} trees of depth"
+        f" {plan.get('xgb_depth', 0)} (in-process fit; warm-up fit not counted):",
+    ]
+    lines.append(
+        _table(
+            [
+                (
+                    r["device"],
+                    r["device_used"],
+                    f"{r['fit_s']:.2f}",
+                    f"{r['warmup_s']:.2f}",
+                    str(r["cpu_threads"]),
+                    f"{r['train_accuracy']:.4f}",
+                )
+                for r in results.get("training", [])
+            ],
+            "device | device used | fit s | warm-up s | CPU threads | training accuracy",
+        )
+    )
+    for r in results["ratios"]:
+        if "cpu_over_cuda" in r:
+            lines.append(f"CPU / CUDA fit time: {r['cpu_over_cuda']:.2f}x")
     for key in ("errors", "skipped"):
         if results[key]:
             lines += ["", f"{key}:", *(f"- {e}" for e in results[key])]

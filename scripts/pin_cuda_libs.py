@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Pin the CUDA/cuDNN wheels of ``onnxruntime-gpu[cuda,cudnn]`` in constraints.txt.
 
+Also XGBoost's CUDA build (``xgboost``, the image's ``boost-gpu`` extra, at
+the version of the ``xgboost-cpu`` pin) and what it brings (NCCL).
+
 The Docker image installs ``onnxruntime-gpu[cuda,cudnn]`` (``WITH_CUDA_LIBS=true``)
 with ``--constraint constraints.txt``; without pins here the NVIDIA wheels
 would float within onnxruntime-gpu's ``~=13.0`` / ``~=9.0`` ranges, so two
@@ -81,11 +84,18 @@ def resolve(base: list[str]) -> dict[str, str]:
                 "--constraint",
                 str(constraints),
                 f"onnxruntime-gpu[{EXTRAS}]=={ort}",
+                *_xgboost_gpu(base),
             ],
             check=True,
         )
         data = json.loads(report.read_text())
     return {normalise(i["metadata"]["name"]): i["metadata"]["version"] for i in data["install"]}
+
+
+def _xgboost_gpu(base: list[str]) -> list[str]:
+    """``xgboost==V`` for the xgboost-cpu pin V (same module, CUDA build), if any."""
+    version = pins(base).get("xgboost-cpu")
+    return [f"xgboost=={version}"] if version else []
 
 
 def main() -> int:

@@ -1,7 +1,8 @@
 """The algorithm catalogue: what can be trained, with which hyperparameters.
 
-Every algorithm is a scikit-learn estimator family with a classification
-and/or a regression variant. Callers may only set the hyperparameters listed
+Every algorithm is a scikit-learn estimator family (or XGBoost's or
+LightGBM's scikit-learn estimators) with a classification and/or a
+regression variant. Callers may only set the hyperparameters listed
 here, within their bounds: anything else (an unknown name, ``n_jobs``, a
 string where a number belongs, ``n_estimators=10**9``) is refused with
 InvalidArgument naming the parameter. Values not given take the catalogue
@@ -9,18 +10,19 @@ default, and the full set (defaults filled in) is what is recorded with the
 version.
 
 This module is imported by the server (to list and validate) and by the
-training workers (to build estimators); it imports scikit-learn lazily so
-that listing the catalogue stays cheap.
+training workers (to build estimators); it imports scikit-learn, XGBoost and
+LightGBM lazily so that listing the catalogue stays cheap.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from highpeaks_ml.errors import InvalidArgument
+from highpeaks_ml.errors import FailedPrecondition, InvalidArgument, quote
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -108,6 +110,19 @@ class Algorithm:
     factory: Callable[[str, dict[str, Any], int], Any] = field(repr=False, compare=False)
     #: Whether the estimator handles missing numeric values itself (no imputer).
     native_missing: bool = False
+    #: Modules of optional libraries it needs (none for scikit-learn's own):
+    #: submissions are refused with FailedPrecondition when one is not installed.
+    requires: tuple[str, ...] = ()
+    #: Whether it trains on the CUDA device when the server's training device is ``cuda``.
+    gpu: bool = False
+
+    def missing_modules(self) -> list[str]:
+        """The modules in ``requires`` that are not installed here (found without importing)."""
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+    def training_device(self, device: str) -> str:
+        """The device it trains on when the server's training device is ``device``."""
+        return "cuda" if self.gpu and device == "cuda" else "cpu"
 
     def params_for(self, task: str) -> tuple[Param, ...]:
         """The hyperparameters that apply to ``task``."""
@@ -118,6 +133,12 @@ class Algorithm:
         if task not in self.tasks:
             raise InvalidArgument(
                 f"algorithm {self.name!r} supports {' and '.join(self.tasks)} only, not {task}"
+            )
+        missing = self.missing_modules()
+        if missing:
+            raise FailedPrecondition(
+                f"algorithm {self.name!r} needs {' and '.join(missing)}, not installed on this"
+                " server (install highpeaks-ml[boost], or [boost-gpu] for CUDA XGBoost)"
             )
         given = dict(given or {})
         known = {p.name: p for p in self.params}
@@ -138,9 +159,15 @@ class Algorithm:
             for name, p in applicable.items()
         }
 
-    def build(self, task: str, params: dict[str, Any], seed: int) -> Any:
-        """A new, unfitted scikit-learn estimator for validated ``params``."""
-        return self.factory(task, params, seed)
+    def build(self, task: str, params: dict[str, Any], seed: int, device: str = "cpu") -> Any:
+        """A new, unfitted scikit-learn estimator for validated ``params``.
+
+        ``device`` is the server's training device; only ``gpu`` algorithms use it.
+        """
+        estimator = self.factory(task, params, seed)
+        if self.training_device(device) != "cpu":
+            estimator.set_params(device=self.training_device(device))
+        return estimator
 
 
 def _show(value: Any) -> str:
@@ -273,6 +300,19 @@ def _mlp(task: str, p: dict[str, Any], seed: int) -> Any:
     )
 
 
+def _xgboost(task: str, p: dict[str, Any], seed: int) -> Any:
+    from highpeaks_ml.training.boosting import xgboost_estimator
+
+    return xgboost_estimator(task == CLASSIFICATION, p, _seed(seed))
+
+
+def _lightgbm(task: str, p: dict[str, Any], seed: int) -> Any:
+    from highpeaks_ml.training.boosting import lightgbm_estimator
+
+    # LightGBM's seed is a C int.
+    return lightgbm_estimator(task == CLASSIFICATION, p, int(seed) % (2**31))
+
+
 # --- shared parameter definitions ------------------------------------------------
 
 
@@ -310,6 +350,23 @@ def _max_leaf_nodes() -> Param:
 
 def _fit_intercept() -> Param:
     return Param("fit_intercept", BOOL, True, "Whether to fit an intercept term.")
+
+
+def _boosting_params() -> tuple[Param, ...]:
+    """What XGBoost and LightGBM share (their own defaults, except where noted)."""
+    return (
+        Param("n_estimators", INT, 100, "Boosting rounds (trees per class).", 1, 5000),
+        Param(
+            "subsample",
+            FLOAT,
+            1.0,
+            "Fraction of the training rows each tree sees (sampled without replacement).",
+            0.01,
+            1.0,
+        ),
+        Param("colsample_bytree", FLOAT, 1.0, "Fraction of the columns each tree sees.", 0.01, 1.0),
+        Param("reg_alpha", FLOAT, 0.0, "L1 penalty on leaf values.", 0.0, 1e6),
+    )
 
 
 _ALGORITHMS: tuple[Algorithm, ...] = (
@@ -408,6 +465,63 @@ _ALGORITHMS: tuple[Algorithm, ...] = (
         scales_numeric=False,
         factory=_hist_gradient_boosting,
         native_missing=True,
+    ),
+    Algorithm(
+        name="xgboost",
+        description=(
+            "XGBoost gradient-boosted trees (XGBClassifier / XGBRegressor, hist method);"
+            " trains on the GPU when the server's training device is cuda."
+        ),
+        tasks=TASKS,
+        params=(
+            _boosting_params()[0],
+            Param("max_depth", INT, 6, "Deepest a tree may grow.", 1, 24),
+            Param("learning_rate", FLOAT, 0.3, "Shrinkage of each tree's contribution.", 1e-6, 1.0),
+            *_boosting_params()[1:],
+            Param("reg_lambda", FLOAT, 1.0, "L2 penalty on leaf values.", 0.0, 1e6),
+            Param(
+                "min_child_weight",
+                FLOAT,
+                1.0,
+                "Least hessian (for squared error: rows) a child must hold to split.",
+                0.0,
+                1e6,
+            ),
+        ),
+        scales_numeric=False,
+        factory=_xgboost,
+        native_missing=True,
+        requires=("xgboost", "onnxmltools"),
+        gpu=True,
+    ),
+    Algorithm(
+        name="lightgbm",
+        description=(
+            "LightGBM gradient-boosted trees, grown leaf-wise (LGBMClassifier / LGBMRegressor);"
+            " CPU only."
+        ),
+        tasks=TASKS,
+        params=(
+            _boosting_params()[0],
+            Param("num_leaves", INT, 31, "Most leaves per tree.", 2, 131_072),
+            Param(
+                "max_depth",
+                INT,
+                None,
+                "Deepest a tree may grow; null: no limit (num_leaves bounds it).",
+                1,
+                100,
+                nullable=True,
+            ),
+            Param("learning_rate", FLOAT, 0.1, "Shrinkage of each tree's contribution.", 1e-6, 1.0),
+            *_boosting_params()[1:],
+            Param("reg_lambda", FLOAT, 0.0, "L2 penalty on leaf values.", 0.0, 1e6),
+            Param("min_child_samples", INT, 20, "Fewest rows in a leaf.", 1, 100_000),
+        ),
+        scales_numeric=False,
+        factory=_lightgbm,
+        native_missing=True,
+        requires=("lightgbm", "onnxmltools"),
     ),
     Algorithm(
         name="knn",
@@ -566,7 +680,7 @@ def resolve_task(
     an integer target with few values is regression).
     """
     if requested and requested not in TASKS:
-        raise InvalidArgument(f"invalid task {requested!r}: use classification or regression")
+        raise InvalidArgument(f"invalid task {quote(requested)}: use classification or regression")
     task = requested
     if not task:
         task = infer_task(target_numeric, target_integral, distinct_values)
@@ -577,21 +691,21 @@ def resolve_task(
     if task not in algorithm.tasks:
         raise InvalidArgument(
             f"algorithm {algorithm.name!r} supports {' and '.join(algorithm.tasks)} only,"
-            f" but target column {target!r} makes this a {task} task"
+            f" but target column {quote(target)} makes this a {task} task"
         )
     if task == REGRESSION and not target_numeric:
         raise InvalidArgument(
-            f"target column {target!r} holds text, so it cannot be a regression target"
+            f"target column {quote(target)} holds text, so it cannot be a regression target"
         )
     if task == CLASSIFICATION and target_numeric and not target_integral:
         raise InvalidArgument(
-            f"target column {target!r} holds non-integer numbers; classification needs"
+            f"target column {quote(target)} holds non-integer numbers; classification needs"
             " class labels (whole numbers or text), or use task regression"
         )
     if distinct_values < 2:
         what = "has one class" if task == CLASSIFICATION else "is constant"
         raise InvalidArgument(
-            f"target column {target!r} {what} (one distinct value): there is nothing to learn"
+            f"target column {quote(target)} {what} (one distinct value): there is nothing to learn"
         )
     return task
 

@@ -22,7 +22,10 @@ trees get no scaler in front (a float32 scaler would move rows across split
 thresholds); HistGradientBoosting thresholds are made exact by
 ``onnx_fixes``. Verification then compares onnxruntime (CPU) with
 scikit-learn on the held-out rows against the tolerances below, and a model
-that misses them is refused (``VerificationFailed``).
+that misses them is refused (``VerificationFailed``). The same check then runs
+on a copy of those rows with values left out (``verify_missing``): features
+are recorded as accepting missing values (``allows_missing``, which serving
+obeys) only when the exported graph agrees there too.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from highpeaks_ml.errors import HighPeaksError, InvalidArgument
+from highpeaks_ml.errors import HighPeaksError, InvalidArgument, quote
 from highpeaks_ml.training.catalogue import CLASSIFICATION, REGRESSION, Algorithm
 from highpeaks_ml.training.datasets import NUMERIC
 
@@ -113,6 +116,16 @@ class TrainedModel:
     train_rows: int
     test_rows: int
     warnings: list[str] = field(default_factory=list)
+    #: The fitted scikit-learn Pipeline the ONNX bytes were exported from.
+    estimator: Any = field(default=None, repr=False)
+    #: Where the estimator was fitted: "cuda" (XGBoost on a GPU) or "cpu".
+    training_device: str = "cpu"
+    #: The prepared data and its split, for the evaluation report and the
+    #: training profile (training/report.py): held-out rows and targets, training rows.
+    data: PreparedData | None = field(default=None, repr=False)
+    X_train: pd.DataFrame | None = field(default=None, repr=False)
+    X_test: pd.DataFrame | None = field(default=None, repr=False)
+    y_test: np.ndarray | None = field(default=None, repr=False)
 
 
 def library_versions() -> dict[str, str]:
@@ -122,6 +135,8 @@ def library_versions() -> dict[str, str]:
     import skl2onnx
     import sklearn
 
+    from highpeaks_ml.training import boosting
+
     return {
         "scikit-learn": sklearn.__version__,
         "skl2onnx": skl2onnx.__version__,
@@ -129,6 +144,7 @@ def library_versions() -> dict[str, str]:
         "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
         "pandas": pd.__version__,
+        **boosting.library_versions(),
     }
 
 
@@ -168,26 +184,28 @@ def prepare(
         if pd.api.types.is_numeric_dtype(y_raw):
             values = y_raw.to_numpy(dtype="float64")
             if np.isnan(values).any():
-                raise InvalidArgument(f"target column {target!r} has missing values")
+                raise InvalidArgument(f"target column {quote(target)} has missing values")
             if not np.all(np.floor(values) == values):
                 raise InvalidArgument(
-                    f"target column {target!r} holds non-integer numbers; use task regression"
+                    f"target column {quote(target)} holds non-integer numbers; use task regression"
                 )
             y = values.astype(np.int64)
         else:
             y = y_raw.astype(str).to_numpy(dtype=object)
             if (y == "").any():
-                raise InvalidArgument(f"target column {target!r} has missing values")
+                raise InvalidArgument(f"target column {quote(target)} has missing values")
         if len(np.unique(y)) < 2:
-            raise InvalidArgument(f"target column {target!r} has one class: nothing to learn")
+            raise InvalidArgument(f"target column {quote(target)} has one class: nothing to learn")
     else:
         if not pd.api.types.is_numeric_dtype(y_raw):
-            raise InvalidArgument(f"target column {target!r} holds text; it cannot be regressed")
+            raise InvalidArgument(
+                f"target column {quote(target)} holds text; it cannot be regressed"
+            )
         y = y_raw.to_numpy(dtype="float64")
         if not np.isfinite(y).all():
-            raise InvalidArgument(f"target column {target!r} has missing or infinite values")
+            raise InvalidArgument(f"target column {quote(target)} has missing or infinite values")
         if np.all(y == y[0]):
-            raise InvalidArgument(f"target column {target!r} is constant: nothing to learn")
+            raise InvalidArgument(f"target column {quote(target)} is constant: nothing to learn")
     names = input_names([c for c, _ in features])
     columns: dict[str, Any] = {}
     for (col, kind), name in zip(features, names, strict=True):
@@ -196,10 +214,10 @@ def prepare(
             values = s.to_numpy(dtype="float64")
             present = values[~np.isnan(values)]
             if present.size == 0:
-                raise InvalidArgument(f"feature column {col!r} has no values; leave it out")
+                raise InvalidArgument(f"feature column {quote(col)} has no values; leave it out")
             if np.abs(present).max() > _FLOAT32_MAX:
                 raise InvalidArgument(
-                    f"feature column {col!r} has values beyond the float32 range (±3.4e38)"
+                    f"feature column {quote(col)} has values beyond the float32 range (±3.4e38)"
                 )
             # The served graph takes float32: train on exactly those numbers.
             columns[name] = values.astype(np.float32).astype(np.float64)
@@ -208,7 +226,7 @@ def prepare(
             distinct = len(pd.unique(values))
             if distinct > MAX_CATEGORIES:
                 raise InvalidArgument(
-                    f"feature column {col!r} has {distinct} distinct values; at most"
+                    f"feature column {quote(col)} has {distinct} distinct values; at most"
                     f" {MAX_CATEGORIES} categories are one-hot encoded (leave it out with"
                     " feature_columns)"
                 )
@@ -245,7 +263,7 @@ def split(
         if counts.min() < 2:
             lonely = labels[counts.argmin()]
             raise InvalidArgument(
-                f"class {str(lonely)!r} has only 1 row; each class needs at least 2"
+                f"class {quote(lonely)} has only 1 row; each class needs at least 2"
                 " (one to train on, one held out)"
             )
         stratify = data.y
@@ -269,8 +287,20 @@ def check_params_fit_rows(algorithm: Algorithm, params: dict[str, Any], train_ro
 # --- model -----------------------------------------------------------------------
 
 
-def build(algorithm: Algorithm, data: PreparedData, params: dict[str, Any], seed: int) -> Any:
-    """The unfitted scikit-learn Pipeline (preprocessing + estimator)."""
+def build(
+    algorithm: Algorithm,
+    data: PreparedData,
+    params: dict[str, Any],
+    seed: int,
+    n_jobs: int = 1,
+    device: str = "cpu",
+) -> Any:
+    """The unfitted scikit-learn Pipeline (preprocessing + estimator).
+
+    ``n_jobs``: the job's CPUs, given to estimators that take ``n_jobs``
+    (callers cannot set it: it is not a catalogue hyperparameter).
+    ``device``: the server's training device (only XGBoost uses ``cuda``).
+    """
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
@@ -281,7 +311,9 @@ def build(algorithm: Algorithm, data: PreparedData, params: dict[str, Any], seed
         numeric_steps.append(("impute", SimpleImputer(strategy="median")))
     if algorithm.scales_numeric:
         numeric_steps.append(("scale", StandardScaler()))
-    estimator = algorithm.build(data.task, params, seed)
+    estimator = algorithm.build(data.task, params, seed, device)
+    if n_jobs != 1 and "n_jobs" in estimator.get_params(deep=False):
+        estimator.set_params(n_jobs=n_jobs)
     if data.all_numeric:
         return Pipeline([*numeric_steps, ("model", estimator)])
     transformers: list[tuple[str, Any, list[str]]] = []
@@ -351,9 +383,11 @@ def export(model: Any, data: PreparedData) -> bytes:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
-    from highpeaks_ml.training import onnx_fixes
+    from highpeaks_ml.training import boosting, onnx_fixes
 
     onnx_fixes.install()
+    # XGBoost's and LightGBM's converters come from onnxmltools.
+    boosting.register_converters()
     if data.all_numeric:
         initial_types: list[tuple[str, Any]] = [
             (INPUT, FloatTensorType([None, len(data.features)]))
@@ -369,7 +403,12 @@ def export(model: Any, data: PreparedData) -> bytes:
         # skl2onnx reads SVC.probA_/probB_, deprecated in scikit-learn 1.9
         # (SVC(probability=True) goes in 1.11; see docs/training.md).
         warnings.simplefilter("ignore", FutureWarning)
-        proto = convert_sklearn(model, initial_types=initial_types, options=options)
+        proto = convert_sklearn(
+            model,
+            initial_types=initial_types,
+            options=options,
+            target_opset=boosting.target_opset(estimator),
+        )
     expected = [LABEL, PROBABILITIES] if data.task == CLASSIFICATION else [VARIABLE]
     got = [o.name for o in proto.graph.output]
     if got != expected:
@@ -517,6 +556,75 @@ def verify(
     return result
 
 
+#: Most rows of the missing-value verification (a copy of held-out rows).
+MAX_MISSING_ROWS = 1000
+
+
+def handles_missing(kind: str, algorithm: Algorithm, model: Any) -> bool:
+    """Whether the fitted pipeline ``model`` answers for a missing value of a ``kind`` feature.
+
+    Numeric: a median imputer fills it in, or the estimator routes it itself
+    (``native_missing``, HistGradientBoosting). Categorical: training turns an
+    empty cell into the empty string (``datasets.type_frame``), which the
+    one-hot encoder encodes like any category (all zeros, i.e. ignored, when no
+    training row lacked the value); serving sends a null the same way.
+    Recorded only once the exported graph is shown to agree (``verify_missing``).
+    """
+    from sklearn.impute import SimpleImputer
+
+    if kind == NUMERIC:
+        imputed = any(isinstance(step, SimpleImputer) for step in _steps(model))
+        return imputed or algorithm.native_missing
+    return True
+
+
+def _steps(model: Any) -> list[Any]:
+    """Every estimator inside a Pipeline / ColumnTransformer tree."""
+    out = [model]
+    for child in getattr(model, "steps", ()):
+        out.extend(_steps(child[1]))
+    for child in getattr(model, "transformers_", ()):
+        out.extend(_steps(child[1]))
+    return out
+
+
+def missing_rows(X: pd.DataFrame, data: PreparedData) -> pd.DataFrame:
+    """Held-out rows with values knocked out, as a caller would send them.
+
+    Row i loses feature i mod n (NaN for a numeric feature, "" for a
+    categorical one: what training makes of an empty cell); the first row
+    loses every feature.
+    """
+    out = X.iloc[:MAX_MISSING_ROWS].copy().reset_index(drop=True)
+    n = len(data.features)
+    for j, (name, (_, kind)) in enumerate(zip(data.input_names, data.features, strict=True)):
+        gone = np.zeros(len(out), dtype=bool)
+        gone[j::n] = True
+        gone[:1] = True
+        out.loc[gone, name] = np.nan if kind == NUMERIC else ""
+    return out
+
+
+def verify_missing(
+    model: Any, onnx_bytes: bytes, X: pd.DataFrame, data: PreparedData, y_train: np.ndarray
+) -> tuple[int, str]:
+    """``verify`` on ``missing_rows(X)``: (rows checked, "") or (0, why it disagrees).
+
+    A disagreement does not refuse the model (it predicts complete rows as
+    scikit-learn does); its features are then recorded as not accepting
+    missing values, so serving keeps refusing NaN for it.
+    """
+    Xm = missing_rows(X, data)
+    try:
+        verify(model, onnx_bytes, Xm, data, y_train)
+    except VerificationFailed as exc:
+        return 0, (
+            "this version refuses missing values: on held-out rows with values left out,"
+            f" the exported model disagrees with scikit-learn ({exc})"
+        )
+    return len(Xm), ""
+
+
 # --- the whole run ---------------------------------------------------------------
 
 
@@ -531,8 +639,14 @@ def train(
     test_size: float,
     seed: int,
     progress: Callable[[str, dict[str, Any] | None], None] | None = None,
+    n_jobs: int = 1,
+    device: str = "cpu",
 ) -> TrainedModel:
-    """Prepare, split, fit, evaluate, export and verify; ``progress(stage, info)`` per step."""
+    """Prepare, split, fit, evaluate, export and verify; ``progress(stage, info)`` per step.
+
+    ``device`` is the server's training device; the one really used is
+    ``TrainedModel.training_device`` (``cuda`` only for XGBoost).
+    """
 
     def report(stage: str, info: dict[str, Any] | None = None) -> None:
         if progress is not None:
@@ -541,21 +655,30 @@ def train(
     data = prepare(frame, target, features, task)
     X_train, X_test, y_train, y_test = split(data, test_size, seed)
     check_params_fit_rows(algorithm, params, len(X_train))
-    model = build(algorithm, data, params, seed)
+    model = build(algorithm, data, params, seed, n_jobs, device)
     report("FITTING")
     fit_warnings = fit(model, X_train, y_train, data.all_numeric)
+    used = algorithm.training_device(device)
+    if used != "cpu":
+        # Predict on the CPU from here on, as the ONNX model is checked on the
+        # CPU; XGBoost would otherwise warn about data on another device.
+        model.steps[-1][1].set_params(device="cpu")
     report("EVALUATING")
     metrics = evaluate(model, X_test, y_test, task, data.all_numeric)
     report("EXPORTING", {"metrics": metrics})
     onnx_bytes = export(model, data)
     report("VERIFYING")
     verification = verify(model, onnx_bytes, X_test, data, y_train)
+    missing_ok, missing_note = verify_missing(model, onnx_bytes, X_test, data, y_train)
+    verification["rows_with_missing"] = missing_ok
+    if missing_note:
+        fit_warnings.append(missing_note)
     return TrainedModel(
         onnx_bytes=onnx_bytes,
         task=task,
         metrics=metrics,
         verification=verification,
-        features=_feature_specs(model, data),
+        features=_feature_specs(model, data, algorithm, missing_ok > 0),
         inputs=_input_specs(data),
         outputs=_output_specs(model, task),
         class_labels=[str(c) for c in model.classes_] if task == CLASSIFICATION else [],
@@ -563,6 +686,12 @@ def train(
         train_rows=len(X_train),
         test_rows=len(X_test),
         warnings=fit_warnings,
+        estimator=model,
+        training_device=used,
+        data=data,
+        X_train=X_train,
+        X_test=X_test,
+        y_test=y_test,
     )
 
 
@@ -570,14 +699,21 @@ def _label_dtype(data: PreparedData) -> str:
     return "int64" if data.y.dtype.kind in "iu" else "string"
 
 
-def _feature_specs(model: Any, data: PreparedData) -> list[dict[str, Any]]:
+def _feature_specs(
+    model: Any, data: PreparedData, algorithm: Algorithm, missing_verified: bool
+) -> list[dict[str, Any]]:
     categories: dict[str, list[str]] = {}
     if not data.all_numeric:
         encoder = model.named_steps["preprocess"].named_transformers_["categorical"]
         for name, cats in zip(data.categorical_inputs, encoder.categories_, strict=True):
             categories[name] = [str(c) for c in cats]
     return [
-        {"name": col, "type": kind, "categories": categories.get(name, [])}
+        {
+            "name": col,
+            "type": kind,
+            "categories": categories.get(name, []),
+            "allows_missing": missing_verified and handles_missing(kind, algorithm, model),
+        }
         for (col, kind), name in zip(data.features, data.input_names, strict=True)
     ]
 
@@ -603,6 +739,7 @@ def _output_specs(model: Any, task: str) -> list[dict[str, Any]]:
 
 __all__ = [
     "MAX_CATEGORIES",
+    "MAX_MISSING_ROWS",
     "MIN_SPLIT_ROWS",
     "PROBA_TOLERANCE",
     "REGRESSION_RTOL",
@@ -616,11 +753,14 @@ __all__ = [
     "evaluate",
     "export",
     "fit",
+    "handles_missing",
     "input_names",
     "library_versions",
+    "missing_rows",
     "onnx_feed",
     "prepare",
     "split",
     "train",
     "verify",
+    "verify_missing",
 ]

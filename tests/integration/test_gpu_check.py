@@ -118,6 +118,22 @@ def test_measurements_cover_every_model_and_batch_size(tiny_run: tuple[int, Path
     assert re.search(r"\| gpu-forest \| 1 +\| - +\| - +\| [\d,]+ +\| [\d,]+ ", text)
 
 
+def test_xgboost_training_is_measured_on_the_cpu(tiny_run: tuple[int, Path, str]) -> None:
+    """The training measurement's CPU path (CUDA vs CPU on a GPU run; docs/gpu.md)."""
+    _, out, _ = tiny_run
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["training"]
+    plan = results["plan"]
+    assert (row["device"], row["device_used"]) == ("cpu", "cpu")
+    assert (row["rows"], row["features"]) == (plan["xgb_rows"], plan["xgb_features"])
+    assert row["trees"] == plan["xgb_trees"] == 5 and row["fit_s"] > 0
+    assert row["train_accuracy"] > 0.6  # it learned the generated target
+    assert results["environment"]["xgboost_cuda_build"] in (True, False)
+    text = (out / "results.txt").read_text()
+    assert re.search(r"XGBoost training, hist, 2,000 rows x 10 features, 5 trees of depth 4", text)
+    assert re.search(r"\| cpu +\| cpu +\| [\d.]+ +\| [\d.]+ ", text)
+
+
 def _fake_wheels(folder: Path) -> dict[str, bytes]:
     folder.mkdir()
     wheels = {

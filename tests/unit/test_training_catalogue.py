@@ -20,6 +20,8 @@ EXPECTED = {
     "knn": (CLASSIFICATION, REGRESSION),
     "svm": (CLASSIFICATION, REGRESSION),
     "mlp": (CLASSIFICATION, REGRESSION),
+    "xgboost": (CLASSIFICATION, REGRESSION),
+    "lightgbm": (CLASSIFICATION, REGRESSION),
 }
 
 
@@ -91,8 +93,8 @@ def test_regression_only_parameter_is_accepted_for_regression():
 
 def test_unknown_algorithm_lists_the_catalogue():
     with pytest.raises(InvalidArgument) as err:
-        get_algorithm("xgboost")
-    assert "unknown algorithm 'xgboost'" in err.value.message
+        get_algorithm("catboost")
+    assert "unknown algorithm 'catboost'" in err.value.message
     assert "random_forest" in err.value.message
 
 

@@ -26,6 +26,8 @@ FAST = {
     "random_forest": {"n_estimators": 10},
     "hist_gradient_boosting": {"max_iter": 15},
     "mlp": {"max_iter": 60, "hidden_units": 16},
+    "xgboost": {"n_estimators": 10},
+    "lightgbm": {"n_estimators": 10},
 }
 
 
@@ -106,7 +108,14 @@ def test_binary_classification_reports_roc_auc():
 def test_no_scaler_in_front_of_trees(iris):
     from sklearn.preprocessing import StandardScaler
 
-    for name in ("decision_tree", "random_forest", "hist_gradient_boosting", "knn"):
+    for name in (
+        "decision_tree",
+        "random_forest",
+        "hist_gradient_boosting",
+        "xgboost",
+        "lightgbm",
+        "knn",
+    ):
         algo = get_algorithm(name)
         data = pl.prepare(iris, "target", _features(iris, "target"), CLASSIFICATION)
         steps = pl.build(algo, data, algo.validate(CLASSIFICATION, {}), 0).steps
@@ -130,7 +139,9 @@ def _mixed(n: int = 240, seed: int = 0) -> pd.DataFrame:
     return type_frame(frame, analyse_frame(frame))
 
 
-@pytest.mark.parametrize("algorithm", ["logistic_regression", "random_forest", "svm"])
+@pytest.mark.parametrize(
+    "algorithm", ["logistic_regression", "random_forest", "svm", "xgboost", "lightgbm"]
+)
 def test_mixed_table_predicts_from_raw_rows_like_sklearn(algorithm):
     frame = _mixed()
     features = _features(frame, "churn")
@@ -160,16 +171,31 @@ def test_mixed_table_predicts_from_raw_rows_like_sklearn(algorithm):
     assert labels.dtype == object  # string labels
 
 
-@pytest.mark.parametrize("algorithm", ["random_forest", "hist_gradient_boosting"])
+@pytest.mark.parametrize(
+    "algorithm", ["random_forest", "hist_gradient_boosting", "xgboost", "lightgbm"]
+)
 def test_mixed_table_full_run_records_features_and_categories(algorithm):
     model = _train(_mixed(), algorithm, CLASSIFICATION, target="churn")
     assert model.verification["passed"] and model.verification["max_abs_diff"] < 1e-5
+    # Every feature takes a missing value (imputer / native NaN routing; "" for
+    # text), verified on held-out rows with values left out.
     assert model.features == [
-        {"name": "amount (eur)", "type": "numeric", "categories": []},
-        {"name": "age", "type": "numeric", "categories": []},
-        {"name": "colour", "type": "categorical", "categories": ["blue", "green", "red"]},
-        {"name": "plan", "type": "categorical", "categories": ["free", "pro"]},
+        {"name": "amount (eur)", "type": "numeric", "categories": [], "allows_missing": True},
+        {"name": "age", "type": "numeric", "categories": [], "allows_missing": True},
+        {
+            "name": "colour",
+            "type": "categorical",
+            "categories": ["blue", "green", "red"],
+            "allows_missing": True,
+        },
+        {
+            "name": "plan",
+            "type": "categorical",
+            "categories": ["free", "pro"],
+            "allows_missing": True,
+        },
     ]
+    assert model.verification["rows_with_missing"] == model.test_rows
     assert [i["name"] for i in model.inputs] == ["amount__eur_", "age", "colour", "plan"]
     assert [i["shape"] for i in model.inputs] == [[-1, 1]] * 4
     assert model.class_labels == ["no", "yes"] and model.label_dtype == "string"
@@ -270,3 +296,34 @@ def test_knn_equidistant_neighbours_are_ties_not_failures(iris):
     model = _train(iris, "knn", CLASSIFICATION, seed=16, n_neighbors=7, test_size=0.2)
     v = model.verification
     assert v["passed"] and v["tie_rows"] >= 1 and v["max_abs_diff"] <= 1e-4
+
+
+def test_missing_value_verification_catches_a_graph_that_fills_gaps_differently():
+    """A graph that agrees on complete rows but not on gaps: its features refuse missing values."""
+    frame = _mixed()
+    features = _features(frame, "churn")
+    algo = get_algorithm("logistic_regression")
+    params = algo.validate(CLASSIFICATION, {})
+    data = pl.prepare(frame, "churn", features, CLASSIFICATION)
+    X_train, X_test, y_train, _ = pl.split(data, 0.25, 0)
+    model = pl.build(algo, data, params, 0)
+    pl.fit(model, X_train, y_train, data.all_numeric)
+    onnx_bytes = pl.export(model, data)
+    # The same fitted pipeline, but its imputer fills gaps with another value.
+    imputer = model.named_steps["preprocess"].named_transformers_["numeric"].named_steps["impute"]
+    imputer.statistics_ = imputer.statistics_ + 50.0
+    pl.verify(model, onnx_bytes, X_test.fillna({"age": 40.0}), data, y_train)  # complete: agree
+    rows, note = pl.verify_missing(model, onnx_bytes, X_test, data, y_train)
+    assert rows == 0 and "refuses missing values" in note
+
+
+def test_missing_rows_leave_out_every_feature_in_turn():
+    frame = _mixed()
+    data = pl.prepare(frame, "churn", _features(frame, "churn"), CLASSIFICATION)
+    X = data.X.iloc[:9]
+    out = pl.missing_rows(X, data)
+    assert len(out) == 9
+    gone = out.isna() | (out == "")
+    assert gone.iloc[0].all()  # the first row loses everything
+    for i in range(1, 9):
+        assert gone.iloc[i, i % 4], i  # row i loses feature i mod 4
