@@ -11,12 +11,18 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from highpeaks_ml.errors import FailedPrecondition, NotFound, Unavailable
-from highpeaks_ml.registry.base import ModelInfo, ModelStore, VersionMeta
+from highpeaks_ml.registry.base import (
+    ArtifactInfo,
+    ModelInfo,
+    ModelStore,
+    VersionMeta,
+    artifact_media_type,
+)
 
 
 class MemoryStore(ModelStore):
@@ -27,6 +33,7 @@ class MemoryStore(ModelStore):
         self._versions: dict[str, dict[int, tuple[bytes, VersionMeta]]] = {}
         self._aliases: dict[str, dict[str, int]] = {}
         self._listeners: list[Callable[[str], None]] = []
+        self._artifacts: dict[tuple[str, int], dict[str, bytes]] = {}
         self.reads = 0
 
     def _changed(self, name: str) -> None:
@@ -78,8 +85,17 @@ class MemoryStore(ModelStore):
             yield data[i : i + chunk_size]
 
     def publish(
-        self, name: str, onnx_bytes: bytes, meta: VersionMeta, aliases: tuple[str, ...] = ()
+        self,
+        name: str,
+        onnx_bytes: bytes,
+        meta: VersionMeta,
+        aliases: tuple[str, ...] = (),
+        artifacts: Mapping[str, bytes] | None = None,
     ) -> VersionMeta:
+        listed = tuple(
+            ArtifactInfo(a, hashlib.sha256(d).hexdigest(), len(d), artifact_media_type(a))
+            for a, d in sorted((artifacts or {}).items())
+        )
         with self._lock:
             versions = self._versions.setdefault(name, {})
             number = max(versions, default=0) + 1
@@ -90,17 +106,29 @@ class MemoryStore(ModelStore):
                 sha256=hashlib.sha256(onnx_bytes).hexdigest(),
                 size_bytes=len(onnx_bytes),
                 created_at=time.time(),
+                artifacts=listed,
             )
             versions[number] = (onnx_bytes, stored)
+            self._artifacts[(name, number)] = dict(artifacts or {})
             for a in aliases:
                 self._aliases.setdefault(name, {})[a] = number
         self._changed(name)
         return stored
 
     def publish_file(
-        self, name: str, onnx_path: Path, meta: VersionMeta, aliases: tuple[str, ...] = ()
+        self,
+        name: str,
+        onnx_path: Path,
+        meta: VersionMeta,
+        aliases: tuple[str, ...] = (),
+        artifacts: Mapping[str, bytes] | None = None,
     ) -> VersionMeta:
-        return self.publish(name, Path(onnx_path).read_bytes(), meta, aliases)
+        return self.publish(name, Path(onnx_path).read_bytes(), meta, aliases, artifacts)
+
+    def read_artifact(self, name: str, version: int, artifact: str) -> bytes:
+        self.resolve(name, version).artifact(artifact)
+        with self._lock:
+            return self._artifacts[(name, version)][artifact]
 
     def set_alias(self, name: str, alias: str, version: int) -> ModelInfo:
         self.resolve(name, version)

@@ -8,6 +8,7 @@ Errors are the domain's (``highpeaks_ml.errors``); the interceptor maps them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import replace
@@ -17,17 +18,40 @@ from typing import TYPE_CHECKING, Any
 from grpc import aio
 
 from highpeaks_ml.api.context import ANONYMOUS, NO_SUBJECT, current_subject
+from highpeaks_ml.api.converters import insight
 from highpeaks_ml.api.converters import registry as conv
 from highpeaks_ml.api.servicers._threads import acquire_in_thread, release_in_thread
-from highpeaks_ml.errors import InvalidArgument
-from highpeaks_ml.registry.base import ModelInfo, ModelStore, VersionMeta
+from highpeaks_ml.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    quote,
+)
+from highpeaks_ml.registry.base import (
+    ArtifactInfo,
+    ModelInfo,
+    ModelStore,
+    VersionMeta,
+    validate_alias,
+    validate_name,
+)
 from highpeaks_ml.registry.importer import ImportInfo, Upload, import_file
+from highpeaks_ml.serving import drift_figures
+from highpeaks_ml.serving.drift import PROFILE_ARTIFACT
 from highpeaks_ml.v1 import registry_pb2, registry_pb2_grpc
 
 if TYPE_CHECKING:
     from highpeaks_ml.api.server import App
 
 log = logging.getLogger("highpeaks_ml.registry")
+
+
+def _sent(name: str, media_type: str, data: bytes) -> registry_pb2.Artifact:
+    """The Artifact describing bytes made for this response (not a stored artifact)."""
+    digest = hashlib.sha256(data).hexdigest()
+    return insight.artifact_to_proto(ArtifactInfo(name, digest, len(data), media_type))
+
 
 #: Bytes per DownloadModelVersion message.
 DOWNLOAD_CHUNK = 1024 * 1024
@@ -44,6 +68,10 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServiceServicer):
 
     def __init__(self, app: App) -> None:
         self.app = app
+        #: Live served-vs-training figures drawn at a time (matplotlib in a worker
+        #: thread holds the GIL much of the time: a burst of report calls must not
+        #: crowd out the server's other threads).
+        self._drawing = asyncio.Semaphore(1)
 
     @property
     def store(self) -> ModelStore:
@@ -57,11 +85,12 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServiceServicer):
             return conv.UNLOADED
         try:
             state, error, provider = models.version_status(name, version)
+            held = tuple(models.held_targets(name, version))
         except Exception:
             # A status display must not fail a registry call.
             log.exception("could not read the load state of %s version %d", name, version)
             return conv.UNLOADED
-        return str(state), str(error), str(provider)
+        return str(state), str(error), str(provider), held
 
     def _version(self, meta: VersionMeta, info: ModelInfo) -> registry_pb2.ModelVersion:
         return conv.version_to_proto(
@@ -94,6 +123,21 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServiceServicer):
     async def SetAlias(
         self, request: registry_pb2.SetAliasRequest, context: aio.ServicerContext
     ) -> registry_pb2.Model:
+        validate_name(request.model_name)
+        validate_alias(request.alias)
+        if request.version < 1:
+            raise InvalidArgument(f"invalid version {request.version}: versions start at 1")
+        models = self.app.components.get("models")
+        if models is not None and not request.force:
+            # Load the new target first: an alias only moves onto a version this
+            # server can serve (its callers would get errors otherwise).
+            try:
+                await models.ensure_servable(request.model_name, int(request.version))
+            except FailedPrecondition as exc:
+                raise FailedPrecondition(
+                    f"alias {request.alias!r} was not moved: {exc.message}; fix or delete"
+                    " that version, or set the alias with force"
+                ) from None
         info = await asyncio.to_thread(
             self.store.set_alias, request.model_name, request.alias, request.version
         )
@@ -177,3 +221,114 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServiceServicer):
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
+
+    async def GetVersionReport(
+        self, request: registry_pb2.GetVersionReportRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[registry_pb2.GetVersionReportResponse]:
+        artifact = insight.report_artifact(request.format, request.figure)
+        # "served-<feature>": a live figure of this server's traffic, not a stored one.
+        live_figure = request.format == registry_pb2.REPORT_FORMAT_FIGURE and (
+            request.figure.startswith(drift_figures.FIGURE_PREFIX)
+        )
+
+        def prepare() -> tuple[VersionMeta, bytes]:
+            meta, _info = self._resolve(request.model)
+            label = f"model {meta.model_name!r} version {meta.version}"
+            if not any(a.name == insight.REPORT_JSON for a in meta.artifacts):
+                if meta.source == "imported":
+                    raise NotFound(f"{label} was imported: imported versions have no report")
+                raise NotFound(
+                    f"{label} has no evaluation report (trained before reports existed, or"
+                    " its report could not be made: see its job's warnings)"
+                )
+            if live_figure:
+                return meta, b""
+            if not any(a.name == artifact for a in meta.artifacts):
+                figures = ", ".join(insight.figure_names(meta.artifacts))
+                raise NotFound(
+                    f"{label} has no figure {quote(request.figure)} (figures: {figures})"
+                )
+            # The sha256 is checked here, before anything is sent.
+            return meta, self.store.read_artifact(meta.model_name, meta.version, artifact)
+
+        meta, data = await asyncio.to_thread(prepare)
+        info = registry_pb2.ReportInfo(
+            model_name=meta.model_name,
+            version=meta.version,
+            figures=insight.figure_names(meta.artifacts),
+        )
+        if live_figure:
+            # Drawn in a worker thread (matplotlib): the event loop keeps serving.
+            async with self._drawing:
+                data, rows = await asyncio.to_thread(self._served_figure, meta, request.figure)
+            info.artifact.CopyFrom(_sent(artifact, "image/png", data))
+            info.served_rows = rows
+            info.served_features.append(request.figure[len(drift_figures.FIGURE_PREFIX) :])
+        else:
+            stored = meta.artifact(artifact)
+            info.artifact.CopyFrom(insight.artifact_to_proto(stored))
+            live = None
+            if artifact == insight.REPORT_HTML:
+                async with self._drawing:
+                    live = await asyncio.to_thread(self._served_section, meta)
+            if live is not None:
+                # The stored page is immutable: the live section goes into the bytes
+                # sent only, and `artifact` describes those (the client checks them).
+                section, rows, features = live
+                data = drift_figures.add_section(data, section)
+                info.stored.CopyFrom(info.artifact)
+                info.artifact.CopyFrom(_sent(artifact, stored.media_type, data))
+                info.served_rows = rows
+                info.served_features.extend(features)
+        yield registry_pb2.GetVersionReportResponse(info=info)
+        for i in range(0, len(data), DOWNLOAD_CHUNK):
+            yield registry_pb2.GetVersionReportResponse(chunk=data[i : i + DOWNLOAD_CHUNK])
+
+    def _served_section(self, meta: VersionMeta) -> tuple[str, int, list[str]] | None:
+        """The "Served inputs vs training" section of a version's HTML page, its rows and
+        features (blocking: matplotlib); None to send the stored page as it is (no
+        serving on this server, no training profile, or drift failed: it is advisory)."""
+        models = self.app.components.get("models")
+        if models is None or not any(a.name == PROFILE_ARTIFACT for a in meta.artifacts):
+            return None
+        if not models.drift.enabled:
+            note = "Drift profiling is off on this server (drift_enabled): no served inputs."
+            return drift_figures.note_html(note), 0, []
+        try:
+            report = models.drift_report(meta)
+            features = [f.name for f in drift_figures.shown(report)] if report.rows > 0 else []
+            return drift_figures.section_html(report), report.rows, features
+        except Exception:
+            log.exception(
+                "served-inputs section of model %s version %d failed",
+                meta.model_name,
+                meta.version,
+            )
+            return None
+
+    def _served_figure(self, meta: VersionMeta, figure: str) -> tuple[bytes, int]:
+        """A ``served-<feature>`` figure (PNG) and its rows (blocking: matplotlib)."""
+        label = f"model {meta.model_name!r} version {meta.version}"
+        models = self.app.components.get("models")
+        if models is None:
+            raise NotFound(f"this server does not serve models: no figure {quote(figure)}")
+        report = models.drift_report(meta)  # NotFound without a training profile
+        feature = drift_figures.figure_feature(figure, report)
+        if feature is None:
+            names = ", ".join(sorted(f.name for f in report.features))
+            raise NotFound(f"{label} has no feature for figure {quote(figure)} (features: {names})")
+        if feature.rows <= 0:
+            raise NotFound(
+                f"{label}: no served traffic was seen yet for {feature.name!r} on this server"
+            )
+        return drift_figures.feature_png(feature), feature.rows
+
+    async def GetDriftReport(
+        self, request: registry_pb2.GetDriftReportRequest, context: aio.ServicerContext
+    ) -> registry_pb2.DriftReport:
+        models = self.app.components.get("models")
+        if models is None:
+            raise Unavailable("this server does not serve models: it has no drift to report")
+        meta, _info = await asyncio.to_thread(self._resolve, request.model)
+        report = await asyncio.to_thread(models.drift_report, meta)
+        return insight.drift_to_proto(report, models.drift.enabled)
