@@ -24,18 +24,20 @@ docs/serving.md for the measurements behind the default.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 log = logging.getLogger("highpeaks_ml.serving")
 
-RunFn = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+RunFn = Callable[..., list[np.ndarray]]
 
 
 @dataclass
@@ -44,6 +46,8 @@ class _Item:
     rows: int
     future: asyncio.Future[list[np.ndarray]]
     queued_at: float = 0.0
+    #: The request's RequestTiming (serving/manager.py) when its call is traced.
+    timing: Any = None
 
 
 class Batcher:
@@ -76,8 +80,12 @@ class Batcher:
         self.runs = 0
         self.requests = 0
 
-    async def submit(self, feeds: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
-        """Queue one validated request; return its rows of every output."""
+    async def submit(
+        self, feeds: dict[str, np.ndarray], rows: int, timing: Any = None
+    ) -> list[np.ndarray]:
+        """Queue one validated request; return its rows of every output.
+
+        ``timing`` (a traced call's ``RequestTiming``) gets the run's stamps."""
         loop = asyncio.get_running_loop()
         if not self.max_delay_s and not self._queue and self._inflight < self._max_inflight:
             # Opportunistic mode with a free slot: nothing to wait for, run at
@@ -89,10 +97,13 @@ class Batcher:
             if self._on_wait is not None:
                 self._on_wait(0.0)
             try:
-                return await loop.run_in_executor(self._executor, self._run_fn, feeds)
+                if timing is None:
+                    return await loop.run_in_executor(self._executor, self._run_fn, feeds)
+                run = functools.partial(self._run_fn, feeds, timing=timing)
+                return await loop.run_in_executor(self._executor, run)
             finally:
                 self._release()
-        item = _Item(feeds, rows, loop.create_future(), time.perf_counter())
+        item = _Item(feeds, rows, loop.create_future(), time.perf_counter(), timing)
         self._queue.append(item)
         self._queued_rows += rows
         waiter = self._waiter
@@ -162,7 +173,12 @@ class Batcher:
                     name: np.concatenate([it.feeds[name] for it in batch])
                     for name in batch[0].feeds
                 }
+                started = time.perf_counter()
                 outs = await loop.run_in_executor(self._executor, self._run_fn, feeds)
+                ended = time.perf_counter()
+                for it in batch:
+                    if it.timing is not None:
+                        it.timing.started, it.timing.ended = started, ended
                 if any(o.ndim == 0 or o.shape[0] != total for o in outs):
                     raise ValueError("an output does not have one row per input row")
             except Exception as exc:
@@ -184,8 +200,11 @@ class Batcher:
         if item.future.done():
             return
         loop = asyncio.get_running_loop()
+        run = self._run_fn
+        if item.timing is not None:
+            run = functools.partial(run, timing=item.timing)
         try:
-            outs = await loop.run_in_executor(self._executor, self._run_fn, item.feeds)
+            outs = await loop.run_in_executor(self._executor, run, item.feeds)
         except Exception as exc:
             if not item.future.done():
                 item.future.set_exception(exc)

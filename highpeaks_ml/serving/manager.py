@@ -10,18 +10,24 @@ not a disk read. The view is refreshed
 
 A refresh that brings a new latest version or moves an alias first loads the
 newly targeted version (when eager loading is on, or the model already had
-a version loaded), then switches the view, then unloads versions nothing
-points at any more. Requests hold a reference to the loaded version they
-resolved, so requests in flight on an unloaded version finish on it.
+a version loaded), then switches, then unloads versions nothing points at
+any more. A target (an alias, or ``latest``) whose new version fails to load
+is *held*: its callers keep getting the version it pointed at before (when
+that one still exists and has not failed itself), the failure is logged,
+shown by ``version_status``/``held_targets`` (GetModelVersion) and counted
+in the ``model_targets_held`` gauge, and the load is retried every
+``FAILED_RETRY_S`` until it succeeds or the target moves on. Requests hold a
+reference to the loaded version they resolved, so requests in flight on an
+unloaded version finish on it.
 
 Sessions live in an LRU cache bounded by ``session_cache_size`` versions;
 they load lazily on first use (concurrent first requests share one load)
 or at ``start()`` for every aliased version and each model's latest when
 ``eager_load``. Loading (sha256-checked read, session creation, warm-up
 inference) runs in a small thread pool, never on the event loop. A version
-that fails to load is marked failed with the reason and answered
-``Unavailable`` with it (retried after ``FAILED_RETRY_S``); other versions
-keep serving.
+that fails to load is marked failed with the reason (in our words:
+onnxruntime's own text goes to the log only) and answered ``Unavailable``
+with it (retried after ``FAILED_RETRY_S``); other versions keep serving.
 
 Both front doors (the native PredictService and the Open Inference
 Protocol) call ``predict``; the OIP's repository and readiness calls use
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import re
@@ -49,14 +56,24 @@ from highpeaks_ml import metrics
 from highpeaks_ml.config import Settings
 from highpeaks_ml.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     HighPeaksError,
     InvalidArgument,
     NotFound,
     Unavailable,
+    quote,
 )
 from highpeaks_ml.registry.base import ModelInfo, ModelStore, VersionMeta
-from highpeaks_ml.serving import providers
+from highpeaks_ml.serving import loadcheck, providers
 from highpeaks_ml.serving.batching import Batcher
+from highpeaks_ml.serving.drift import (
+    PROFILE_ARTIFACT,
+    DriftMonitor,
+    DriftReport,
+    TrainingProfile,
+    VersionDrift,
+    feed_columns,
+)
 from highpeaks_ml.serving.inputs import (
     InputPlan,
     Prediction,
@@ -81,13 +98,49 @@ INLINE_MAX_ROWS = 8
 #: ... and of at most this many input elements, all numeric: a string's cost
 #: grows with its length, which the estimate of earlier runs does not know.
 INLINE_MAX_ELEMENTS = 4096
+#: Larger runs may run inline too when their estimated cost (rows times the
+#: measured cost per row of larger runs) is under the limit, up to this many
+#: numeric input elements (requests of ``_LARGE_ELEMENTS`` or more never do).
+INLINE_MAX_BATCH_ELEMENTS = 32768
 #: Small runs measured (in the thread pool) before a version may run inline.
 _INLINE_PROBATION = 5
+#: The target key of a model's latest version (next to its aliases; an alias
+#: can never be called "latest").
+LATEST = "latest"
 
 _PATHISH = re.compile(r"(?:/[\w.+-]+){2,}/?")
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*(?:[A-Z_]+\s*:\s*)?")
 # onnxruntime's "file.cc:123 namespace::Function(args) " location prefix.
 _ORT_WHERE = re.compile(r"^(?:[A-Z_]+\s*:\s*)?\S+\.(?:cc|cpp|h):\d+\s+\S.*?\)\s+")
+
+
+class RequestTiming:
+    """``time.perf_counter`` stamps of one request's stages, for a trace (api/tracing.py).
+
+    Recorded only while ``REQUEST_TIMING`` holds one (a sampled call with
+    tracing on); otherwise the hot path reads one contextvar and records nothing.
+    """
+
+    __slots__ = ("dispatched", "done", "ended", "inline", "model", "rows", "started", "version")
+
+    def __init__(self) -> None:
+        self.model = ""
+        self.version = 0
+        self.rows = 0
+        #: Validated and handed on (to the loop's inline run, the batcher or the pool).
+        self.dispatched = 0.0
+        #: The onnxruntime call (for a merged batch: the batch's dispatch and end).
+        self.started = 0.0
+        self.ended = 0.0
+        #: The outputs are back on the event loop.
+        self.done = 0.0
+        self.inline = False
+
+
+#: The current call's ``RequestTiming`` (set by the API's tracing), or None.
+REQUEST_TIMING: contextvars.ContextVar[RequestTiming | None] = contextvars.ContextVar(
+    "request_timing", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -131,15 +184,25 @@ class LoadedVersion:
         self.plan = plan
         self.provider = provider
         self.all_outputs = plan.outputs.names(frozenset(), plan.label)
+        #: Its metric series, looked up once (metrics.VersionSeries).
+        self.series = metrics.VersionSeries(meta.model_name, meta.version)
         self.batcher: Batcher | None = None
         #: Set by the manager once loaded (warm-up runs are not counted).
         self.stats: VersionStats | None = None
+        #: The served-input profile (serving/drift.py); None when drift is off or the
+        #: version has no training profile.
+        self.drift: VersionDrift | None = None
         self._inline_limit_s = inline_limit_s
         #: Estimated seconds of one run of at most INLINE_MAX_ROWS rows, and how
         #: many such runs were measured. Updated from every thread without a
         #: lock: a lost update only nudges an estimate.
         self.small_run_s = float("inf")
         self.small_runs = 0
+        #: The warm-up's one-row feeds (None until it ran).
+        self.warm_feeds: dict[str, np.ndarray] | None = None
+        #: Estimated seconds per row of runs of more than INLINE_MAX_ROWS rows (wall
+        #: time: onnxruntime may spread them over its intra-op threads).
+        self.row_cost_s = float("inf")
 
     def inline_ok(self, feeds: dict[str, np.ndarray], rows: int) -> bool:
         """Whether a run of ``feeds`` (``rows`` rows) is cheap enough for the event loop.
@@ -147,26 +210,55 @@ class LoadedVersion:
         A hop to the inference thread pool costs two thread wake-ups (~130-190
         µs on a small VM; docs/serving.md), often more than the run itself. A
         version qualifies once ``_INLINE_PROBATION`` small runs were measured
-        and their estimate is under the ``inline_inference_us`` setting; one
-        slow run pulls the estimate up at once, so a version that turns slow
-        goes back to the thread pool.
+        (the warm-up at load makes them) and their estimate is under the
+        ``inline_inference_us`` setting; a run of more rows qualifies when
+        rows times the measured cost per row of larger runs is under it. A
+        run ten times the limit pulls an estimate over it at once, so a
+        version that turns slow goes back to the thread pool (``_nudge``).
         """
-        return (
-            rows <= INLINE_MAX_ROWS
-            and self.small_runs >= _INLINE_PROBATION
-            and self.small_run_s < self._inline_limit_s
-            and sum(a.size for a in feeds.values()) <= INLINE_MAX_ELEMENTS
-            and all(a.dtype.kind in "biuf" for a in feeds.values())
+        if rows <= INLINE_MAX_ROWS:
+            if self.small_runs < _INLINE_PROBATION or self.small_run_s >= self._inline_limit_s:
+                return False
+            most = INLINE_MAX_ELEMENTS
+        else:
+            # A larger run whose estimate is under the limit too (e.g. 1,000 rows of
+            # a linear model: ~50 µs of onnxruntime against a ~150 µs pool hop).
+            if rows * self.row_cost_s >= self._inline_limit_s:
+                return False
+            most = INLINE_MAX_BATCH_ELEMENTS
+        return sum(a.size for a in feeds.values()) <= most and all(
+            a.dtype.kind in "biuf" for a in feeds.values()
         )
 
     def _note_small_run(self, elapsed: float) -> None:
-        est = self.small_run_s
-        if elapsed >= est or self.small_runs == 0:
-            # Up fast: a version must not keep blocking the loop once it turns slow.
-            self.small_run_s = elapsed if self.small_runs == 0 else est + (elapsed - est) / 2
-        else:
-            self.small_run_s = est + (elapsed - est) / 10
+        self.small_run_s = elapsed if self.small_runs == 0 else _nudge(self.small_run_s, elapsed)
         self.small_runs += 1
+
+    def warm_up(self, feeds: dict[str, np.ndarray], batch_rows: int) -> None:
+        """Run ``feeds`` (one row) ``_INLINE_PROBATION`` times, then a batch of ``batch_rows``.
+
+        onnxruntime initialises lazily (allocations, kernel choice per shape),
+        so without this the first callers of a new version pay for it. The
+        one-row runs also serve as the inline probation (their fastest run is
+        the estimate: a run slowed by a busy machine does not count), so the
+        first small request may already run on the event loop. Nothing is
+        recorded in the metrics.
+        """
+        times = []
+        for _ in range(_INLINE_PROBATION):
+            started = time.perf_counter()
+            self.session.run(self.all_outputs, feeds)
+            times.append(time.perf_counter() - started)
+        self.small_run_s, self.small_runs = min(times), len(times)
+        self.warm_feeds = feeds
+        if batch_rows > INLINE_MAX_ROWS and self.plan.batchable:
+            batch = {k: np.repeat(v, batch_rows, axis=0) for k, v in feeds.items()}
+            times = []
+            for _ in range(2):
+                started = time.perf_counter()
+                self.session.run(self.all_outputs, batch)
+                times.append(time.perf_counter() - started)
+            self.row_cost_s = min(times) / batch_rows
 
     def run(
         self,
@@ -175,27 +267,49 @@ class LoadedVersion:
         queued_at: float | None = None,
         *,
         record: bool = True,
+        on_loop: bool = False,
+        timing: RequestTiming | None = None,
     ) -> list[np.ndarray]:
-        """Run every served output (blocking; called from the thread pool).
+        """Run every served output (blocking; from the thread pool, or ``on_loop``).
 
         Records the batch size and compute time (and, given ``queued_at``, the
         wait since then) in the metrics; ``record=False`` for warm-up runs.
+        A small run's cost for the inline estimate is the calling thread's
+        CPU time: its wall time also counts waiting for the GIL (up to the
+        interpreter's 5 ms switch interval when another thread holds it) and
+        for a core, which under concurrent load pushed every estimate past the
+        limit and kept versions off the loop. (A model that spreads one small
+        run over onnxruntime's intra-op threads is undercounted; ``on_loop``
+        only says where it ran.)
         """
+        if not record:
+            return self.session.run(self.all_outputs, feeds, run_options)  # type: ignore[no-any-return]
+        rows = next(iter(feeds.values())).shape[0] if feeds else 0
+        small = rows <= INLINE_MAX_ROWS
+        cpu = time.thread_time() if small else 0.0
         started = time.perf_counter()
-        outs = list(self.session.run(self.all_outputs, feeds, run_options))
-        if record:
-            name, version = self.meta.model_name, self.meta.version
-            rows = next(iter(feeds.values())).shape[0] if feeds else 0
-            elapsed = time.perf_counter() - started
-            if rows <= INLINE_MAX_ROWS:
-                self._note_small_run(elapsed)
-            metrics.record_inference(name, version, rows, elapsed)
+        outs: list[np.ndarray] = self.session.run(self.all_outputs, feeds, run_options)
+        elapsed = time.perf_counter() - started
+        if timing is not None:
+            timing.started, timing.ended = started, started + elapsed
+        series = self.series
+        if small:
+            self._note_small_run(time.thread_time() - cpu)
+        elif self.row_cost_s == float("inf"):
+            self.row_cost_s = elapsed / rows
+        else:
+            self.row_cost_s = _nudge(self.row_cost_s, elapsed / rows)
+        series.batch_rows.observe(rows)
+        series.compute.observe(elapsed)
+        if self.stats is not None:
+            self.stats.record_execution(rows, elapsed)
+        # Native Predict, PredictStream and OIP all run here: one deque append.
+        if self.drift is not None:
+            self.drift.observe(feeds)
+        if queued_at is not None:
+            series.queue.observe(started - queued_at)
             if self.stats is not None:
-                self.stats.record_execution(rows, elapsed)
-            if queued_at is not None:
-                metrics.record_queue_wait(name, started - queued_at)
-                if self.stats is not None:
-                    self.stats.record_queue(started - queued_at)
+                self.stats.record_queue(started - queued_at)
         return outs
 
 
@@ -213,6 +327,11 @@ class _Entry:
 def _targets(info: ModelInfo) -> set[int]:
     """Versions a model's callers reach without a number: aliased ones and the latest."""
     return {*info.aliases.values(), info.latest.version}
+
+
+def _target_map(info: ModelInfo) -> dict[str, int]:
+    """Target (an alias, or ``LATEST``) -> the version the registry points it at."""
+    return {LATEST: info.latest.version, **info.aliases}
 
 
 def _signature(info: ModelInfo) -> tuple[Any, ...]:
@@ -241,6 +360,11 @@ class ModelManager:
         self.provider_reason = choice.reason
         self._options: Any = None
         self._models: dict[str, ModelInfo] = {}
+        #: name -> target (alias or LATEST) -> the version its callers get here:
+        #: the registry's, except for held targets (see the module docstring).
+        self._served: dict[str, dict[str, int]] = {}
+        #: name -> held target -> the registry's version for it (which failed to load).
+        self._held: dict[str, dict[str, int]] = {}
         self._entries: dict[tuple[str, int], _Entry] = {}
         self._cache: OrderedDict[tuple[str, int], LoadedVersion] = OrderedDict()
         self._stats: dict[tuple[str, int], VersionStats] = {}
@@ -253,14 +377,22 @@ class ModelManager:
         self._pending: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        #: Served-input profiles per version (serving/drift.py).
+        self.drift = DriftMonitor(
+            enabled=settings.drift_enabled,
+            window_s=settings.drift_window_s,
+            on_psi=metrics.set_feature_drift,
+        )
 
     # --- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
         """Read the registry, subscribe to changes, eager-load, start the re-read loop."""
         self._loop = asyncio.get_running_loop()
+        self.drift.start()
         infos = await asyncio.to_thread(self.registry.list_models)
         self._models = {i.name: i for i in infos if i.versions}
+        self._served = {n: _target_map(i) for n, i in self._models.items()}
         self.registry.add_listener(self._on_change)
         if self.settings.eager_load:
             wanted = _within_budget(
@@ -284,6 +416,7 @@ class ModelManager:
     async def close(self) -> None:
         """Stop the re-read loop and release every session."""
         self._closed = True
+        self.drift.close()
         if self._refresh_task is not None:
             self._refresh_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -306,6 +439,24 @@ class ModelManager:
         if entry.state == "ready" and entry.loaded is not None:
             return "ready", "", entry.loaded.provider
         return entry.state, entry.error, ""
+
+    def held_targets(self, name: str, version: int) -> list[str]:
+        """Targets (aliases, ``latest``) pointing at ``version`` in the registry whose callers
+        are still served their previous version here, because ``version`` failed to load."""
+        return sorted(k for k, v in self._held.get(name, {}).items() if v == version)
+
+    async def ensure_servable(self, name: str, version: int) -> None:
+        """Load ``version`` of ``name`` here unless loaded; ``FailedPrecondition`` (with the
+        load error) when it does not load, ``NotFound`` when it does not exist.
+
+        SetAlias calls this before moving an alias, so an alias is only moved onto a
+        version this server can serve (unless the caller forces it).
+        """
+        meta = await self.resolve(name, version)
+        try:
+            await self.get_loaded(meta)
+        except Unavailable as exc:
+            raise FailedPrecondition(exc.message) from None
 
     # --- prediction ---------------------------------------------------------
 
@@ -330,7 +481,7 @@ class ModelManager:
             )
             raise DeadlineExceeded(
                 f"deadline exceeded after {time_limit:.3f}s while predicting with model"
-                f" {query.name!r}"
+                f" {quote(query.name)}"
             ) from None
 
     async def _predict(self, query: PredictQuery) -> Prediction:
@@ -357,25 +508,36 @@ class ModelManager:
             names = plan.outputs.names(query.outputs, plan.label)
         data = query.data
         max_rows = self.settings.max_predict_rows
+        timing = REQUEST_TIMING.get()
+        if timing is not None:
+            timing.model, timing.version = lv.meta.model_name, lv.meta.version
         if _elements(data) >= _LARGE_ELEMENTS:
             # Large: validate, convert and run in one trip to the thread pool
             # (each trip costs a thread wake-up and an event-loop wake-up).
-            rows, outs = await self._run(lv, None, data)
+            if timing is not None:
+                timing.dispatched = time.perf_counter()
+            rows, outs = await self._run(lv, None, data, timing)
             if rows == 0:
                 return plan.assemble(names, plan.empty_outputs(names), lv.provider, 0, as_names)
         else:
             feeds, rows = plan.feeds(data, max_rows)
             if rows == 0:
                 return plan.assemble(names, plan.empty_outputs(names), lv.provider, 0, as_names)
+            if timing is not None:
+                timing.dispatched = time.perf_counter()
             if lv.inline_ok(feeds, rows):
                 # Cheaper than the hop to the thread pool (see inline_ok).
-                outs = lv.run(feeds, queued_at=time.perf_counter())
-                metrics.record_inline_run(lv.meta.model_name, lv.meta.version)
+                outs = lv.run(feeds, queued_at=time.perf_counter(), on_loop=True, timing=timing)
+                lv.series.inline_runs.inc()
+                if timing is not None:
+                    timing.inline = True
             elif lv.batcher is not None and rows < lv.batcher.max_rows:
-                outs = await lv.batcher.submit(feeds, rows)
+                outs = await lv.batcher.submit(feeds, rows, timing)
             else:
-                _, outs = await self._run(lv, feeds)
-        metrics.record_prediction(lv.meta.model_name, lv.meta.version, rows)
+                _, outs = await self._run(lv, feeds, timing=timing)
+        if timing is not None:
+            timing.rows, timing.done = rows, time.perf_counter()
+        lv.series.rows.inc(rows)
         by_name = dict(zip(lv.all_outputs, outs, strict=True))
         return plan.assemble(names, [by_name[n] for n in names], lv.provider, rows, as_names)
 
@@ -384,6 +546,7 @@ class ModelManager:
         lv: LoadedVersion,
         feeds: dict[str, np.ndarray] | None,
         data: TensorInput | TensorsInput | RowsInput | None = None,
+        timing: RequestTiming | None = None,
     ) -> tuple[int, list[np.ndarray]]:
         """(rows, outputs) of one run in the thread pool: of ``feeds``, or of ``data``
         validated and converted there first (``rows == 0``: nothing was run)."""
@@ -395,12 +558,13 @@ class ModelManager:
 
         def work(queued_at: float) -> tuple[int, list[np.ndarray]]:
             if feeds is not None:
-                return len(next(iter(feeds.values()))), lv.run(feeds, run_options, queued_at)
+                rows = len(next(iter(feeds.values())))
+                return rows, lv.run(feeds, run_options, queued_at, timing=timing)
             assert data is not None
             checked, rows = lv.plan.feeds(data, max_rows)
             if rows == 0:
                 return 0, []
-            return rows, lv.run(checked, run_options, queued_at)
+            return rows, lv.run(checked, run_options, queued_at, timing=timing)
 
         try:
             return await loop.run_in_executor(self._infer, work, time.perf_counter())
@@ -418,7 +582,15 @@ class ModelManager:
         """The version a request names, from the in-memory view (the store when unknown)."""
         info = self._models.get(name)
         if info is not None:
-            meta = _pick(info, version, alias)
+            if version is None:
+                # An alias or the latest: the version its callers get here (held targets
+                # keep their previous version while the new one fails to load).
+                served = self._served.get(name, {}).get(alias or LATEST)
+                meta = _pick(info, served, None) if served is not None else None
+                if meta is None:
+                    meta = _pick(info, None, alias)
+            else:
+                meta = _pick(info, version, alias)
             if meta is not None:
                 return meta
         # Not in the view: maybe created by another process since the last re-read.
@@ -454,11 +626,17 @@ class ModelManager:
             lv = await loop.run_in_executor(self._loader, self._load_sync, meta)
         except Exception as exc:
             if isinstance(exc, HighPeaksError):
-                reason = exc.message  # the store's words (sha256 mismatch, unreadable)
+                reason = exc.message  # ours: the store's (sha256, unreadable) or _load_sync's
             else:
+                log.warning(
+                    "loading model %s version %d failed",
+                    meta.model_name,
+                    meta.version,
+                    extra={"detail": f"{type(exc).__name__}: {_clean(str(exc))}"},
+                )
                 reason = (
                     f"model {meta.model_name!r} version {meta.version} failed to load:"
-                    f" {_clean(str(exc))}"
+                    f" {loadcheck.explain(exc)}"
                 )
             entry.state, entry.error, entry.failed_at = "failed", reason, time.monotonic()
             entry.loaded = None
@@ -469,6 +647,12 @@ class ModelManager:
             fut.exception()  # retrieved: waiters get it through shield()
             raise error from None
         lv.stats = self._stats_for(meta.model_name, meta.version)
+        if lv.warm_feeds is not None and lv.inline_ok(lv.warm_feeds, 1):
+            # Small requests will run here, on the loop's thread: onnxruntime's first
+            # run on a thread sets up per-thread state, so do it now (cheaper than
+            # the limit, as the warm-up measured), not in the first caller's request.
+            with contextlib.suppress(Exception):
+                lv.session.run(lv.all_outputs, lv.warm_feeds)
         if self.settings.batching and lv.plan.batchable:
             lv.batcher = Batcher(
                 lv.run,
@@ -503,19 +687,25 @@ class ModelManager:
             await self.get_loaded(meta)
 
     def _load_sync(self, meta: VersionMeta) -> LoadedVersion:
-        import onnxruntime as ort
-
         data = self.registry.read_model(meta.model_name, meta.version)
         if self._options is None:
             self._options = providers.session_options(self.settings)
-        session = ort.InferenceSession(
-            data, self._options, providers=providers.provider_list(self.provider)
-        )
-        plan = InputPlan.build(
-            meta,
-            [(i.name, i.type, i.shape) for i in session.get_inputs()],
-            [(o.name, o.type, o.shape) for o in session.get_outputs()],
-        )
+        label = f"model {meta.model_name!r} version {meta.version}"
+        try:
+            session, plan = loadcheck.open_session(
+                data, meta, self._options, providers.provider_list(self.provider)
+            )
+        except ValueError as exc:  # InputPlan.build: the graph does not fit the metadata
+            raise Unavailable(f"{label} failed to load: {_clean(str(exc))}") from None
+        except Exception as exc:
+            # onnxruntime's text may carry its source paths and internals: the log
+            # gets it, callers get our words.
+            log.warning(
+                "onnxruntime could not load %s",
+                label,
+                extra={"detail": f"{type(exc).__name__}: {str(exc)[:4000]}"},
+            )
+            raise Unavailable(f"{label} failed to load: {loadcheck.explain(exc, data)}") from None
         settings = self.settings
         # A batching delay asks requests to wait for company and merge: no inline runs then.
         merging = settings.batching and plan.batchable and settings.max_batch_delay_us > 0
@@ -526,9 +716,10 @@ class ModelManager:
             session.get_providers()[0],
             inline_limit_s=0.0 if merging else settings.inline_inference_us / 1e6,
         )
+        lv.drift = self._track_drift(meta)
         if self.settings.warmup:
             try:
-                lv.run(plan.warmup_feeds(), record=False)
+                lv.warm_up(plan.warmup_feeds(), settings.max_batch_size)
             except Exception as exc:
                 # A model may reject zeros (e.g. a fixed vocabulary); real
                 # requests will tell. The session itself loaded fine.
@@ -539,6 +730,51 @@ class ModelManager:
                     _clean(str(exc)),
                 )
         return lv
+
+    def _track_drift(self, meta: VersionMeta) -> VersionDrift | None:
+        """The served profile of a version with a training profile (None otherwise)."""
+        if not self.drift.enabled or not any(a.name == PROFILE_ARTIFACT for a in meta.artifacts):
+            return None
+        columns = feed_columns(
+            [(f.name, f.type) for f in meta.features], [(t.name, t.shape) for t in meta.inputs]
+        )
+        if columns is None:
+            return None
+        try:
+            raw = self.registry.read_artifact(meta.model_name, meta.version, PROFILE_ARTIFACT)
+            profile = TrainingProfile.from_json(raw)
+        except Exception as exc:
+            # Drift is advisory: a missing or damaged profile never stops serving.
+            log.warning(
+                "no drift tracking for model %s version %d: %s",
+                meta.model_name,
+                meta.version,
+                getattr(exc, "message", str(exc))[:300],
+            )
+            return None
+        if len(profile.features) != len(columns):
+            return None
+        return self.drift.track(meta.model_name, meta.version, profile, columns)
+
+    def drift_report(self, meta: VersionMeta) -> DriftReport:
+        """The drift of a version's served inputs (NotFound without a training profile)."""
+        if not any(a.name == PROFILE_ARTIFACT for a in meta.artifacts):
+            raise NotFound(
+                f"model {meta.model_name!r} version {meta.version} has no training profile"
+                " (imported versions and versions trained before profiles have none)"
+            )
+        vd = self.drift.get(meta.model_name, meta.version)
+        if vd is None:
+            # Not loaded (or drift off) here: the training side alone, no rows seen.
+            raw = self.registry.read_artifact(meta.model_name, meta.version, PROFILE_ARTIFACT)
+            vd = VersionDrift(
+                meta.model_name,
+                meta.version,
+                TrainingProfile.from_json(raw),
+                tuple(("", 0) for _ in meta.features),
+                self.drift.window_s,
+            )
+        return vd.report()
 
     def _loaded_bytes(self) -> int:
         return sum(lv.meta.size_bytes for lv in self._cache.values())
@@ -636,6 +872,8 @@ class ModelManager:
             meta = _pick(info, v, None)
             if meta is not None:
                 await self.get_loaded(meta)
+        if name in self._held:
+            await self._refresh_model(name)  # they load now: switch held targets over
         return wanted
 
     async def unload_model(self, name: str) -> list[int]:
@@ -707,41 +945,92 @@ class ModelManager:
             old = self._models.get(name)
             if info is None or not info.versions:
                 self._models.pop(name, None)
+                self._served.pop(name, None)
+                if self._held.pop(name, None):
+                    metrics.set_targets_held(name, 0)
                 for key in [k for k in self._entries if k[0] == name]:
                     self._unload(key)
                     self._entries.pop(key, None)
                 for key in [k for k in self._stats if k[0] == name]:
                     del self._stats[key]
                 return
-            if old is not None and _signature(old) == _signature(info):
+            held_before = self._held.get(name, {})
+            if old is not None and _signature(old) == _signature(info) and not held_before:
                 return
-            new_targets = _targets(info)
+            wanted = _target_map(info)
+            served_before = self._served.get(name, {})
+            present = {v.version: v for v in info.versions}
             had_loaded = any(k[0] == name for k in self._cache)
             # 1. load what the new state points at (so no caller waits for it) ...
+            failed: set[int] = set()
             if self.settings.eager_load or had_loaded:
-                for v in sorted(new_targets):
-                    meta = _pick(info, v, None)
-                    if meta is not None:
-                        with contextlib.suppress(HighPeaksError):
-                            await self.get_loaded(meta)
-            # 2. ... then switch ...
+                for v in sorted(set(wanted.values())):
+                    try:
+                        await self.get_loaded(present[v])
+                    except HighPeaksError:
+                        failed.add(v)
+            # 2. ... then switch, except targets whose new version failed to load:
+            # their callers keep the version they had (when it still exists and has
+            # not failed itself) until the new one loads (retried every FAILED_RETRY_S).
+            served: dict[str, int] = {}
+            held: dict[str, int] = {}
+            for target, v in wanted.items():
+                before = served_before.get(target)
+                if (
+                    v in failed
+                    and before is not None
+                    and before != v
+                    and before in present
+                    and self.version_status(name, before)[0] != "failed"
+                ):
+                    served[target], held[target] = before, v
+                else:
+                    served[target] = v
             self._models[name] = info
+            self._served[name] = served
+            if held:
+                self._held[name] = held
+            else:
+                self._held.pop(name, None)
+            if held != held_before:
+                metrics.set_targets_held(name, len(held))
+                self._log_holds(name, served, held, held_before)
             # 3. ... then unload what nothing points at any more (or what is gone).
-            present = {v.version: v for v in info.versions}
-            old_targets = _targets(old) if old is not None else set()
+            old_served = set(served_before.values())
+            new_served = set(served.values())
             for key in [k for k in list(self._entries) if k[0] == name]:
                 v = key[1]
                 if v not in present:
                     self._unload(key)
                     self._entries.pop(key, None)
                     self._stats.pop(key, None)
-                elif v in old_targets and v not in new_targets:
+                elif v in old_served and v not in new_served:
                     self._unload(key)
-            log.info(
-                "model %s changed",
-                name,
-                extra={"latest": info.latest.version, "aliases": dict(info.aliases)},
-            )
+            if old is None or _signature(old) != _signature(info):
+                log.info(
+                    "model %s changed",
+                    name,
+                    extra={"latest": info.latest.version, "aliases": dict(info.aliases)},
+                )
+
+    def _log_holds(
+        self, name: str, served: dict[str, int], held: dict[str, int], before: dict[str, int]
+    ) -> None:
+        for key, v in sorted(held.items()):
+            if before.get(key) != v:
+                _state, error, _provider = self.version_status(name, v)
+                log.error(
+                    "model %s: %s now points at version %d, which failed to load; its callers"
+                    " keep getting version %d until it loads",
+                    name,
+                    key,
+                    v,
+                    served[key],
+                    extra={"model": name, "target": key, "error": error},
+                )
+        for key, v in sorted(before.items()):
+            if key not in held and served.get(key) == v:
+                log.info("model %s: %s switched to version %d, which loads now", name, key, v)
 
     async def _refresh_loop(self) -> None:
         while not self._closed:
@@ -754,10 +1043,23 @@ class ModelManager:
             seen = {i.name: i for i in infos if i.versions}
             for name, info in seen.items():
                 old = self._models.get(name)
-                if old is None or _signature(old) != _signature(info):
+                # Held targets are retried here too (their loads every FAILED_RETRY_S).
+                if old is None or _signature(old) != _signature(info) or name in self._held:
                     await self._refresh_model(name, info)
             for name in [n for n in self._models if n not in seen]:
                 await self._refresh_model(name, None)
+
+
+def _nudge(estimate: float, measured: float) -> float:
+    """``estimate`` moved towards ``measured``: up an eighth of the gap, down a sixteenth.
+
+    A run ten times the inline limit takes a cheap version off the loop at once;
+    a lone run a few times the estimate (an interrupt or a cache miss charged to
+    it, common on a busy host) does not; cheap runs bring it back over a few.
+    """
+    if measured >= estimate:
+        return estimate + (measured - estimate) / 8
+    return estimate + (measured - estimate) / 16
 
 
 def _within_budget(metas: list[VersionMeta], count: int, limit_bytes: int) -> list[tuple[str, int]]:
@@ -803,4 +1105,11 @@ def _elements(data: TensorInput | TensorsInput | RowsInput) -> int:
     return len(data.values) if data.values is not None else 0
 
 
-__all__ = ["LoadedVersion", "ModelManager", "PredictQuery", "VersionState"]
+__all__ = [
+    "REQUEST_TIMING",
+    "LoadedVersion",
+    "ModelManager",
+    "PredictQuery",
+    "RequestTiming",
+    "VersionState",
+]

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from highpeaks_ml.api.converters.predict import build_request
+from highpeaks_ml.client import build_request
 from highpeaks_ml.registry.local import LocalModelStore
 from highpeaks_ml.v1 import predict_pb2_grpc
 from tests.conftest import ServerProcess

@@ -21,18 +21,21 @@ request's ``id`` in ``infer_response.id``, as Triton does, so a client can
 tell which request failed. Like Triton, every stream response carries the
 response parameter ``triton_final_response: true`` (each request has exactly
 one response), which clients written for decoupled models wait for.
+
+NaN in an FP32/FP64 input is a missing value, accepted only where the
+version's schema says its feature allows it (``serving/inputs.py``);
+ModelMetadata says which inputs do in its ``properties`` (the protocol's
+optional model properties): ``allows_missing.<input>`` and ``features``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from highpeaks_ml.api.converters.predict import encode_strings
 from highpeaks_ml.api.errors import status_for
 from highpeaks_ml.api.oip_messages import (
     ModelInferResponse,
@@ -42,34 +45,17 @@ from highpeaks_ml.api.oip_messages import (
     RepositoryIndexResponse,
     ServerMetadataResponse,
 )
-from highpeaks_ml.errors import InvalidArgument
+from highpeaks_ml.errors import InvalidArgument, quote
 from highpeaks_ml.registry.base import ModelInfo, TensorSpec, VersionMeta
 from highpeaks_ml.serving.inputs import Naming, Prediction, TensorInput, TensorsInput
 from highpeaks_ml.serving.manager import PredictQuery, VersionState
 from highpeaks_ml.serving.stats import Duration, StatsSnapshot
+from highpeaks_ml.tensors import BY_NAME, BY_OIP, ELEMENT_TYPES, write_oip_output
 
 log = logging.getLogger("highpeaks_ml.api")
 
-#: The protocol's datatype names of the element types served.
-DATATYPES = {
-    "FP32": "float32",
-    "FP64": "float64",
-    "INT64": "int64",
-    "INT32": "int32",
-    "BOOL": "bool",
-    "BYTES": "string",
-}
-#: Element type -> the protocol's datatype name.
-DATATYPE_OF = {v: k for k, v in DATATYPES.items()}
-#: The InferTensorContents field of each element type.
-CONTENTS_FIELDS = {
-    "float32": "fp32_contents",
-    "float64": "fp64_contents",
-    "int64": "int64_contents",
-    "int32": "int_contents",
-    "bool": "bool_contents",
-    "string": "bytes_contents",
-}
+#: Element type -> the protocol's datatype name (from highpeaks_ml/tensors.py).
+DATATYPE_OF = {e.name: e.oip for e in ELEMENT_TYPES}
 #: The platform reported for every model.
 PLATFORM = "onnx_onnxv1"
 #: Protocol extensions implemented (and only those are advertised).
@@ -81,14 +67,7 @@ REPOSITORY_STATES = {
     "failed": ("UNAVAILABLE", ""),
     "unloaded": ("UNAVAILABLE", "unloaded"),
 }
-_NUMPY_TYPES = {
-    np.dtype(np.float32): "float32",
-    np.dtype(np.float64): "float64",
-    np.dtype(np.int64): "int64",
-    np.dtype(np.int32): "int32",
-    np.dtype(np.bool_): "bool",
-}
-_SUPPORTED = ", ".join(DATATYPES)
+_SUPPORTED = ", ".join(BY_OIP)
 # Parameters that ask for features this server does not have: refused rather
 # than ignored, so a caller never silently gets something else.
 _UNSUPPORTED_TENSOR_PARAMS = ("shared_memory_region", "shared_memory_byte_size")
@@ -106,7 +85,7 @@ def version_selector(value: str, field: str) -> tuple[int | None, str | None]:
     if value.isdigit():
         number = int(value)
         if number < 1:
-            raise InvalidArgument(f"{field}: {value!r}: versions start at 1")
+            raise InvalidArgument(f"{field}: {quote(value)}: versions start at 1")
         return number, None
     return None, value
 
@@ -121,7 +100,7 @@ def required(value: str, field: str) -> str:
 
 
 def _naming(name: str, index: int) -> Naming:
-    where = f"inputs[{name!r}]"
+    where = f"inputs[{quote(name)}]"
     return Naming(
         tensor=where,
         dtype=f"{where}.datatype",
@@ -140,28 +119,29 @@ def _check_parameters(params: Any, where: str, refused: Sequence[str]) -> None:
 
 def _tensor(inp: Any, index: int, raw: bytes | None) -> TensorInput:
     name = inp.name
-    where = f"inputs[{name!r}]"
+    where = f"inputs[{quote(name)}]"
     _check_parameters(inp.parameters, where, _UNSUPPORTED_TENSOR_PARAMS)
     if not inp.datatype:
         raise InvalidArgument(f"{where}.datatype: required ({_SUPPORTED})")
-    dtype = DATATYPES.get(inp.datatype)
-    if dtype is None:
+    et = BY_OIP.get(inp.datatype)
+    if et is None:
         raise InvalidArgument(
-            f"{where}.datatype: {inp.datatype!r} is not supported (supported: {_SUPPORTED})"
+            f"{where}.datatype: {quote(inp.datatype)} is not supported (supported: {_SUPPORTED})"
         )
     shape = tuple(inp.shape)
     naming = _naming(name, index)
     if raw is not None:
-        return TensorInput(dtype, shape, raw=raw, naming=naming)
+        return TensorInput(et.name, shape, raw=raw, naming=naming)
+    field = et.oip_contents
     present = [f.name for f, _ in inp.contents.ListFields()]
-    if len(present) > 1 or (present and present[0] != CONTENTS_FIELDS[dtype]):
-        wrong = next(p for p in present if p != CONTENTS_FIELDS[dtype])
+    if len(present) > 1 or (present and present[0] != field):
+        wrong = next(p for p in present if p != field)
         raise InvalidArgument(
             f"{where}.contents.{wrong}: does not match datatype {inp.datatype}"
-            f" (use contents.{CONTENTS_FIELDS[dtype]} or raw_input_contents)"
+            f" (use contents.{field} or raw_input_contents)"
         )
-    values: Sequence[Any] = getattr(inp.contents, CONTENTS_FIELDS[dtype])
-    return TensorInput(dtype, shape, values=values, naming=naming)
+    values: Sequence[Any] = getattr(inp.contents, field)
+    return TensorInput(et.name, shape, values=values, naming=naming)
 
 
 def query_from_infer(req: Any) -> tuple[PredictQuery, bool]:
@@ -176,7 +156,7 @@ def query_from_infer(req: Any) -> tuple[PredictQuery, bool]:
         typed = next((i for i in req.inputs if i.contents.ListFields()), None)
         if typed is not None:
             raise InvalidArgument(
-                f"inputs[{typed.name!r}].contents: give either raw_input_contents or"
+                f"inputs[{quote(typed.name)}].contents: give either raw_input_contents or"
                 " contents, not both"
             )
         if len(raw_contents) != len(req.inputs):
@@ -189,13 +169,13 @@ def query_from_infer(req: Any) -> tuple[PredictQuery, bool]:
         if not inp.name:
             raise InvalidArgument(f"inputs[{i}].name: required")
         if inp.name in tensors:
-            raise InvalidArgument(f"inputs[{i}].name: {inp.name!r} is given twice")
+            raise InvalidArgument(f"inputs[{i}].name: {quote(inp.name)} is given twice")
         tensors[inp.name] = _tensor(inp, i, raw_contents[i] if raw else None)
     names = []
     for i, out in enumerate(req.outputs):
         if not out.name:
             raise InvalidArgument(f"outputs[{i}].name: required")
-        _check_parameters(out.parameters, f"outputs[{out.name!r}]", _UNSUPPORTED_OUTPUT_PARAMS)
+        _check_parameters(out.parameters, f"outputs[{quote(out.name)}]", _UNSUPPORTED_OUTPUT_PARAMS)
         names.append(out.name)
     raw_out = raw
     param = req.parameters.get("binary_data_output")
@@ -207,17 +187,6 @@ def query_from_infer(req: Any) -> tuple[PredictQuery, bool]:
     return query, raw_out
 
 
-def _output_array(arr: np.ndarray) -> tuple[str, np.ndarray]:
-    """(element type, array in a served type) of an onnxruntime output."""
-    if arr.dtype == object or arr.dtype.kind in "US":
-        return "string", arr
-    kind = _NUMPY_TYPES.get(arr.dtype)
-    if kind is None:  # e.g. big-endian or unsigned: normalise to a served type
-        arr = arr.astype(np.float32 if arr.dtype.kind == "f" else np.int64)
-        kind = _NUMPY_TYPES[arr.dtype]
-    return kind, arr
-
-
 def infer_response(pred: Prediction, request_id: str, raw: bool, out: Any = None) -> Any:
     """The ModelInferResponse of a domain ``Prediction`` (written into ``out`` when given,
     e.g. a stream response's ``infer_response``, which saves copying the outputs)."""
@@ -226,20 +195,7 @@ def infer_response(pred: Prediction, request_id: str, raw: bool, out: Any = None
     resp.model_version = str(pred.version)
     resp.id = request_id
     for name, produced in pred.outputs.items():
-        kind, arr = _output_array(produced)
-        out = resp.outputs.add(name=name, datatype=DATATYPE_OF[kind], shape=arr.shape)
-        flat = arr.reshape(-1)
-        if kind == "string":
-            if raw:
-                resp.raw_output_contents.append(encode_strings(flat))
-            else:
-                out.contents.bytes_contents.extend(str(v).encode("utf-8") for v in flat)
-        elif raw:
-            resp.raw_output_contents.append(
-                arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-            )
-        else:
-            getattr(out.contents, CONTENTS_FIELDS[kind]).extend(flat.tolist())
+        write_oip_output(resp, name, produced, raw)
     return resp
 
 
@@ -283,14 +239,43 @@ def stream_error(exc: BaseException, request_id: str) -> Any:
 
 
 def _tensor_metadata(target: Any, spec: TensorSpec) -> None:
-    target.add(
-        name=spec.name, datatype=DATATYPE_OF.get(spec.dtype, spec.dtype.upper()), shape=spec.shape
-    )
+    et = BY_NAME.get(spec.dtype)
+    datatype = et.oip if et is not None else spec.dtype.upper()
+    target.add(name=spec.name, datatype=datatype, shape=spec.shape)
 
 
 def server_metadata(version: str) -> Any:
     """ServerMetadataResponse: name, version and the implemented extensions."""
     return ServerMetadataResponse(name="highpeaks-ml", version=version, extensions=EXTENSIONS)
+
+
+#: Model property prefix: "allows_missing.<input>" -> "true" | "false".
+ALLOWS_MISSING = "allows_missing."
+
+
+def model_properties(meta: VersionMeta) -> dict[str, str]:
+    """The ModelMetadataResponse ``properties`` of ``meta`` (which inputs take missing values).
+
+    ``allows_missing.<input>`` is "true" when every feature fed through that
+    input accepts a missing value (NaN; "" in a BYTES input), as recorded at
+    training time; "false" otherwise, and for every input of an imported model
+    (no features recorded: NaN is refused). ``features`` lists the trained
+    features as JSON: ``[{"name", "type", "allows_missing"}, ...]``.
+    """
+    features = meta.features
+    inputs = meta.inputs
+    per_input: dict[str, bool] = {t.name: False for t in inputs}
+    if features and len(inputs) == 1:  # the feature matrix
+        per_input[inputs[0].name] = all(f.allows_missing for f in features)
+    elif features and len(inputs) == len(features):  # one input per feature, in order
+        for t, f in zip(inputs, features, strict=True):
+            per_input[t.name] = f.allows_missing
+    props = {ALLOWS_MISSING + name: "true" if ok else "false" for name, ok in per_input.items()}
+    if features:
+        props["features"] = json.dumps(
+            [{"name": f.name, "type": f.type, "allows_missing": f.allows_missing} for f in features]
+        )
+    return props
 
 
 def model_metadata(info: ModelInfo, meta: VersionMeta, outputs: Sequence[TensorSpec]) -> Any:
@@ -299,6 +284,7 @@ def model_metadata(info: ModelInfo, meta: VersionMeta, outputs: Sequence[TensorS
         name=info.name,
         versions=[str(v.version) for v in info.versions],
         platform=PLATFORM,
+        properties=model_properties(meta),
     )
     for spec in meta.inputs:
         _tensor_metadata(resp.inputs, spec)
@@ -351,7 +337,7 @@ def repository_name(value: str) -> None:
     """The server has one repository: only the empty (default) name is valid."""
     if value:
         raise InvalidArgument(
-            f"repository_name: {value!r} is unknown; this server has one repository"
+            f"repository_name: {quote(value)} is unknown; this server has one repository"
             " (leave repository_name empty)"
         )
 
@@ -361,4 +347,4 @@ def check_repository_parameters(params: Any) -> None:
     except Triton's ``unload_dependents`` (no model here has dependents)."""
     for key in params:
         if key != "unload_dependents":
-            raise InvalidArgument(f"parameters: {key!r} is not supported by this server")
+            raise InvalidArgument(f"parameters: {quote(key)} is not supported by this server")
