@@ -1,15 +1,24 @@
-"""LocalModelStore on a real temporary directory: versions, aliases, integrity, races, recovery."""
+"""The model store's contract on both backends: versions, aliases, integrity, races, recovery.
+
+Every test runs against the local directory (``LocalModelStore`` on a temporary
+directory) and against S3 (``S3ModelStore`` on a real SeaweedFS server, the
+session's ``s3_server``, each test under its own prefix); the few that look at
+one backend's layout say so.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +26,7 @@ from highpeaks_ml.errors import FailedPrecondition, InvalidArgument, NotFound, U
 from highpeaks_ml.registry import local as local_mod
 from highpeaks_ml.registry.base import TensorSpec, VersionMeta
 from highpeaks_ml.registry.local import LocalModelStore
+from highpeaks_ml.registry.s3 import S3Location, S3ModelStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,11 +47,68 @@ def _meta(**kw) -> VersionMeta:
     return VersionMeta(**base)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> LocalModelStore:
-    s = LocalModelStore(tmp_path / "home")
-    s.start()
-    return s
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A started store of each backend (S3: a fresh prefix on the session's server)."""
+    if request.param == "local":
+        s = LocalModelStore(tmp_path / "home")
+        s.start()
+        return s
+    server = request.getfixturevalue("s3_server")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    location = S3Location.parse(server.url(f"registry-{uuid.uuid4().hex[:12]}"))
+    s3 = S3ModelStore(location, tmp_path / "home", poll_s=0.2)
+    s3.start()
+    return s3
+
+
+def _reopen(store: Any, **kw: Any) -> Any:
+    """A second store on the same storage (another process, in effect)."""
+    if isinstance(store, LocalModelStore):
+        return LocalModelStore(store.home, **kw)
+    other = S3ModelStore(store.location, store.local_dir.parent / uuid.uuid4().hex, **kw)
+    other.start()
+    return other
+
+
+def _objects(store: S3ModelStore) -> dict[str, bytes]:
+    """Every object under the store's prefix with its content."""
+    import obstore
+
+    paths = [o["path"] for batch in obstore.list(store.store, chunk_size=1000) for o in batch]
+    return {p: bytes(obstore.get(store.store, p).bytes()) for p in paths}
+
+
+def _blob(store: S3ModelStore, name: str, version: int) -> str:
+    return f"uploads/{name}/{store._upload_of(name, version)}/model.onnx"
+
+
+def _overwrite_model(store: Any, name: str, version: int, data: bytes | None) -> None:
+    """Replace (or with None remove) a stored version's bytes behind the store's back."""
+    if isinstance(store, LocalModelStore):
+        path = store.home / f"models/{name}/versions/{version}/model.onnx"
+        if data is None:
+            path.unlink()
+        else:
+            path.write_bytes(data)
+        return
+    import obstore
+
+    key = _blob(store, name, version)
+    shutil.rmtree(store.cache_dir, ignore_errors=True)  # the replica's cache is checked too
+    if data is None:
+        obstore.delete(store.store, key)
+    else:
+        obstore.put(store.store, key, data)
+
+
+def _snapshot(store: Any) -> Any:
+    """Everything the store keeps (files and objects), to prove that nothing changed."""
+    if isinstance(store, LocalModelStore):
+        return _tree(store.home.parent)
+    return _objects(store), _tree(store.local_dir)
 
 
 def _tree(root: Path) -> dict[str, tuple[bool, bytes]]:
@@ -56,7 +123,7 @@ def _tree(root: Path) -> dict[str, tuple[bool, bytes]]:
     return out
 
 
-def test_publish_fills_meta_and_resolves(store: LocalModelStore) -> None:
+def test_publish_fills_meta_and_resolves(store: Any) -> None:
     v1 = store.publish("iris", b"model-one", _meta())
     v2 = store.publish("iris", b"model-two", _meta(metrics={"accuracy": 0.95}), ("production",))
     assert (v1.version, v2.version) == (1, 2)
@@ -75,16 +142,28 @@ def test_publish_fills_meta_and_resolves(store: LocalModelStore) -> None:
     assert info.aliases == {"production": 2}
     assert [m.name for m in store.list_models()] == ["iris"]
     # The layout promised in docs/registry.md.
-    vdir = store.home / "models" / "iris" / "versions" / "2"
-    assert sorted(os.listdir(vdir)) == ["meta.json", "model.onnx"]
-    stored = json.loads((vdir / "meta.json").read_text())
+    if isinstance(store, LocalModelStore):
+        vdir = store.home / "models" / "iris" / "versions" / "2"
+        assert sorted(os.listdir(vdir)) == ["meta.json", "model.onnx"]
+        stored = json.loads((vdir / "meta.json").read_text())
+    else:
+        objects = _objects(store)
+        upload = store._upload_of("iris", 2)
+        assert sorted(k for k in objects if "/2." in k or upload in k) == [
+            "models/iris/versions/2.json",
+            f"uploads/iris/{upload}/model.onnx",
+        ]
+        manifest = json.loads(objects["models/iris/versions/2.json"])
+        assert manifest["upload"] == upload
+        stored = manifest["meta"]
+        assert objects[f"uploads/iris/{upload}/model.onnx"] == b"model-two"
     assert stored["sha256"] == v2.sha256 and stored["metrics"] == {"accuracy": 0.95}
-    # A second store on the same home (another process, in effect) reads the same.
-    other = LocalModelStore(store.home)
+    # A second store on the same storage (another process, in effect) reads the same.
+    other = _reopen(store)
     assert other.resolve("iris", alias="production") == v2
 
 
-def test_unknown_things_are_not_found(store: LocalModelStore) -> None:
+def test_unknown_things_are_not_found(store: Any) -> None:
     with pytest.raises(NotFound, match="'nope'"):
         store.get_model("nope")
     with pytest.raises(NotFound):
@@ -110,7 +189,7 @@ def test_unknown_things_are_not_found(store: LocalModelStore) -> None:
         store.resolve("iris", version=0)
 
 
-def test_aliases_set_move_delete(store: LocalModelStore) -> None:
+def test_aliases_set_move_delete(store: Any) -> None:
     for i in range(3):
         store.publish("iris", f"m{i}".encode(), _meta())
     assert store.set_alias("iris", "production", 1).aliases == {"production": 1}
@@ -118,7 +197,10 @@ def test_aliases_set_move_delete(store: LocalModelStore) -> None:
     info = store.set_alias("iris", "production", 3)  # move
     assert info.aliases == {"production": 3, "staging": 2}
     assert info.aliases_of(3) == ["production"]
-    on_disk = json.loads((store.home / "models/iris/aliases.json").read_text())
+    if isinstance(store, LocalModelStore):
+        on_disk = json.loads((store.home / "models/iris/aliases.json").read_text())
+    else:
+        on_disk = json.loads(_objects(store)["models/iris/aliases.json"])
     assert on_disk == {"aliases": {"production": 3, "staging": 2}}
     assert store.delete_alias("iris", "staging").aliases == {"production": 3}
     with pytest.raises(NotFound):
@@ -127,15 +209,16 @@ def test_aliases_set_move_delete(store: LocalModelStore) -> None:
         with pytest.raises(InvalidArgument):
             store.set_alias("iris", bad, 1)
     # No temp files are left next to aliases.json.
-    assert sorted(os.listdir(store.home / "models/iris")) == [
-        ".lock",
-        "aliases.json",
-        "high_water",
-        "versions",
-    ]
+    if isinstance(store, LocalModelStore):
+        assert sorted(os.listdir(store.home / "models/iris")) == [
+            ".lock",
+            "aliases.json",
+            "high_water",
+            "versions",
+        ]
 
 
-def test_delete_refuses_aliased_unless_forced(store: LocalModelStore) -> None:
+def test_delete_refuses_aliased_unless_forced(store: Any) -> None:
     store.publish("iris", b"a", _meta())
     store.publish("iris", b"b", _meta(), ("production", "canary"))
     with pytest.raises(FailedPrecondition, match="canary, production"):
@@ -144,10 +227,16 @@ def test_delete_refuses_aliased_unless_forced(store: LocalModelStore) -> None:
     info, removed = store.delete_version("iris", 2, force=True)
     assert removed == ["canary", "production"]
     assert info is not None and [m.version for m in info.versions] == [1] and info.aliases == {}
-    assert not (store.home / "models/iris/versions/2").exists()
+    if isinstance(store, LocalModelStore):
+        assert not (store.home / "models/iris/versions/2").exists()
+    else:
+        # A tombstone keeps the number taken; the bytes are gone.
+        objects = _objects(store)
+        assert json.loads(objects["models/iris/versions/2.json"])["deleted"] is True
+        assert len([k for k in objects if k.startswith("uploads/")]) == 1
 
 
-def test_numbers_are_never_reused(store: LocalModelStore) -> None:
+def test_numbers_are_never_reused(store: Any) -> None:
     store.publish("iris", b"a", _meta())
     store.publish("iris", b"b", _meta())
     store.delete_version("iris", 2)
@@ -158,15 +247,14 @@ def test_numbers_are_never_reused(store: LocalModelStore) -> None:
     with pytest.raises(NotFound):
         store.get_model("iris")
     assert store.list_models() == []
-    # Also for a fresh store instance (the mark is on disk, not in memory).
-    assert LocalModelStore(store.home).publish("iris", b"d", _meta()).version == 4
+    # Also for a fresh store instance (the mark is in storage, not in memory).
+    assert _reopen(store).publish("iris", b"d", _meta()).version == 4
 
 
-def test_sha_mismatch_refuses_that_version_only(store: LocalModelStore) -> None:
+def test_sha_mismatch_refuses_that_version_only(store: Any) -> None:
     store.publish("iris", b"good-one", _meta())
     store.publish("iris", b"good-two", _meta())
-    path = store.home / "models/iris/versions/1/model.onnx"
-    path.write_bytes(b"evil-one")  # same size, other bytes
+    _overwrite_model(store, "iris", 1, b"evil-one")  # same size, other bytes
     for read in (
         lambda: store.read_model("iris", 1),
         lambda: list(store.iter_model_chunks("iris", 1, 4)),
@@ -175,11 +263,11 @@ def test_sha_mismatch_refuses_that_version_only(store: LocalModelStore) -> None:
             read()
         assert "'iris' version 1" in err.value.message
         assert "sha256" in err.value.message
-        assert str(store.home) not in err.value.message
+        assert str(store.tmp_dir.parent) not in err.value.message
     # Metadata and the other version keep working.
     assert store.resolve("iris", version=1).version == 1
     assert store.read_model("iris", 2) == b"good-two"
-    path.unlink()
+    _overwrite_model(store, "iris", 1, None)
     with pytest.raises(Unavailable, match="version 1"):
         store.read_model("iris", 1)
 
@@ -188,12 +276,12 @@ HOSTILE = ["../x", "/abs", "a/b", "x\x00y", "x" * 1024, "", ".hidden", "A", ".."
 
 
 @pytest.mark.parametrize("bad", HOSTILE)
-def test_hostile_names_touch_nothing(store: LocalModelStore, bad: str) -> None:
+def test_hostile_names_touch_nothing(store: Any, bad: str) -> None:
     store.publish("iris", b"m", _meta())
-    before = _tree(store.home.parent)
+    before = _snapshot(store)
     calls = [
         lambda: store.publish(bad, b"m", _meta()),
-        lambda: store.publish_file(bad, store.home / "nothing", _meta()),
+        lambda: store.publish_file(bad, store.tmp_dir / "nothing", _meta()),
         lambda: store.publish("iris", b"m", _meta(), (bad,)),
         lambda: store.get_model(bad),
         lambda: store.resolve(bad),
@@ -208,10 +296,10 @@ def test_hostile_names_touch_nothing(store: LocalModelStore, bad: str) -> None:
         with pytest.raises(InvalidArgument) as err:
             call()
         assert len(err.value.message) < 300
-    assert _tree(store.home.parent) == before
+    assert _snapshot(store) == before
 
 
-def test_concurrent_publishes_from_threads(store: LocalModelStore) -> None:
+def test_concurrent_publishes_from_threads(store: Any) -> None:
     got: list[int] = []
     errors: list[BaseException] = []
     start = threading.Barrier(6)
@@ -243,7 +331,12 @@ from pathlib import Path
 from highpeaks_ml.registry.base import VersionMeta
 from highpeaks_ml.registry.local import LocalModelStore
 home, tag, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
-store = LocalModelStore(home)
+if sys.argv[4] == "local":
+    store = LocalModelStore(home)
+else:
+    from highpeaks_ml.registry.s3 import S3Location, S3ModelStore
+    store = S3ModelStore(S3Location.parse(sys.argv[4]), home / tag)
+    store.start()
 while not go.exists():
     time.sleep(0.005)
 for j in range(4):
@@ -252,12 +345,14 @@ for j in range(4):
 """
 
 
-def test_concurrent_publishes_from_processes(store: LocalModelStore, tmp_path: Path) -> None:
+def test_concurrent_publishes_from_processes(store: Any, tmp_path: Path) -> None:
     go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    where = "local" if isinstance(store, LocalModelStore) else str(store.location)
+    home = store.home if isinstance(store, LocalModelStore) else tmp_path / "publishers"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _PUBLISHER, str(store.home), f"p{i}", str(go)],
+            [sys.executable, "-c", _PUBLISHER, str(home), f"p{i}", str(go), where],
             stdout=subprocess.PIPE,
             text=True,
             env=env,
@@ -277,7 +372,9 @@ def test_concurrent_publishes_from_processes(store: LocalModelStore, tmp_path: P
     assert [m.version for m in store.get_model("race").versions] == list(range(1, 21))
 
 
-def test_recover_removes_leftovers_only(store: LocalModelStore) -> None:
+def test_recover_removes_leftovers_only(store: Any) -> None:
+    if not isinstance(store, LocalModelStore):
+        pytest.skip("local layout (S3: tests/integration/test_registry_s3.py, recover tests)")
     tmp = store.home / "tmp"
     store.publish("iris", b"m", _meta())
     # A live staging area (lock held): must survive.
@@ -308,8 +405,8 @@ def test_recover_removes_leftovers_only(store: LocalModelStore) -> None:
     assert sorted(os.listdir(tmp)) == ["training-job.onnx"]
 
 
-def test_publish_file_moves_and_checks_sha(store: LocalModelStore) -> None:
-    src = store.home / "tmp" / "from-training.onnx"
+def test_publish_file_moves_and_checks_sha(store: Any) -> None:
+    src = store.tmp_dir / "from-training.onnx"
     src.write_bytes(b"trained-bytes")
     with pytest.raises(InvalidArgument, match="sha256 mismatch"):
         store.publish_file("iris", src, _meta(sha256="0" * 64))
@@ -322,10 +419,10 @@ def test_publish_file_moves_and_checks_sha(store: LocalModelStore) -> None:
     assert meta.version == 1 and not src.exists()
     assert store.read_model("iris", 1) == b"trained-bytes"
     assert store.get_model("iris").aliases == {"staging": 1}
-    assert sorted(os.listdir(store.home / "tmp")) == []
+    assert sorted(os.listdir(store.tmp_dir)) == []
 
 
-def test_listeners_fire_after_each_change(store: LocalModelStore) -> None:
+def test_listeners_fire_after_each_change(store: Any) -> None:
     seen: list[str] = []
     store.add_listener(seen.append)
 
@@ -345,8 +442,12 @@ def test_listeners_fire_after_each_change(store: LocalModelStore) -> None:
 
 
 def test_reads_are_cached_but_see_other_writers(
-    store: LocalModelStore, monkeypatch: pytest.MonkeyPatch
+    store: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if not isinstance(store, LocalModelStore):
+        pytest.skip(
+            "local cache (S3: test_registry_s3.py::test_polls_cheaply_and_sees_other_writers)"
+        )
     store.publish("iris", b"a", _meta(), ("prod",))
     reader = LocalModelStore(store.home, refresh_s=0.2)
     assert reader.resolve("iris", alias="prod").version == 1
