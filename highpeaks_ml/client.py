@@ -31,7 +31,14 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from highpeaks_ml.v1 import common_pb2, predict_pb2_grpc, registry_pb2_grpc, train_pb2_grpc
+from highpeaks_ml.v1 import (
+    common_pb2,
+    predict_pb2,
+    predict_pb2_grpc,
+    registry_pb2_grpc,
+    search_pb2,
+    train_pb2_grpc,
+)
 
 #: Methods safe to repeat: reading, predicting, health, and setting an alias
 #: (the same version again changes nothing).
@@ -72,13 +79,25 @@ def service_config() -> str:
     return json.dumps({"methodConfig": [{"name": names, "retryPolicy": RETRY_POLICY}]})
 
 
+#: Task names the server knows -> the Task enum ("" = not given).
+_TASKS = {
+    "classification": common_pb2.TASK_CLASSIFICATION,
+    "regression": common_pb2.TASK_REGRESSION,
+    "": common_pb2.TASK_UNSPECIFIED,
+}
+#: Output kind names -> the OutputKind enum of PredictRequest.outputs.
+OUTPUT_KINDS = {
+    "labels": predict_pb2.OUTPUT_KIND_LABELS,
+    "probabilities": predict_pb2.OUTPUT_KIND_PROBABILITIES,
+    "values": predict_pb2.OUTPUT_KIND_VALUES,
+}
+
+
 def _task_enum(task: str | None) -> common_pb2.Task:
     """The Task enum of "classification", "regression" or None (not given)."""
-    from highpeaks_ml.api.converters.registry import TASK_TO_PROTO
-
-    if task is not None and (not task or task not in TASK_TO_PROTO):
+    if task is not None and (not task or task not in _TASKS):
         raise ValueError(f"unknown task {task!r}: use classification or regression")
-    return TASK_TO_PROTO[task or ""]
+    return _TASKS[task or ""]
 
 
 class Client:
@@ -184,11 +203,17 @@ class Client:
         req = registry_pb2.GetModelVersionRequest(model=self._ref(name, version, alias))
         return self.registry.GetModelVersion(req, **self._kw())
 
-    def set_alias(self, name: str, alias: str, version: int) -> Any:
-        """Point ``alias`` at ``version`` (create or move); returns the ``Model``."""
+    def set_alias(self, name: str, alias: str, version: int, force: bool = False) -> Any:
+        """Point ``alias`` at ``version`` (create or move); returns the ``Model``.
+
+        The server loads the version first and refuses (FAILED_PRECONDITION) when
+        it does not load there; ``force`` moves the alias anyway.
+        """
         from highpeaks_ml.v1 import registry_pb2
 
-        req = registry_pb2.SetAliasRequest(model_name=name, alias=alias, version=version)
+        req = registry_pb2.SetAliasRequest(
+            model_name=name, alias=alias, version=version, force=force
+        )
         return self.registry.SetAlias(req, **self._kw())
 
     def delete_alias(self, name: str, alias: str) -> Any:
@@ -278,6 +303,58 @@ class Client:
             raise ValueError(f"download of {name} version {meta.version} does not match its sha256")
         return data
 
+    def get_report(
+        self,
+        name: str,
+        version: int | None = None,
+        alias: str | None = None,
+        fmt: str = "html",
+        figure: str = "",
+    ) -> tuple[Any, bytes]:
+        """A trained version's evaluation report: ``fmt`` "html" (a self-contained page),
+        "json" (the numbers) or "figure" (one PNG, named by ``figure``).
+
+        Returns (``ReportInfo``, bytes); the bytes are checked against the sha256 the
+        server announced (``ValueError`` on a mismatch). NOT_FOUND for imported versions.
+        """
+        import hashlib
+
+        from highpeaks_ml.v1 import registry_pb2
+
+        formats = {
+            "html": registry_pb2.REPORT_FORMAT_HTML,
+            "json": registry_pb2.REPORT_FORMAT_JSON,
+            "figure": registry_pb2.REPORT_FORMAT_FIGURE,
+        }
+        if fmt not in formats:
+            raise ValueError(f"unknown report format {fmt!r}: use html, json or figure")
+        req = registry_pb2.GetVersionReportRequest(
+            model=self._ref(name, version, alias), format=formats[fmt], figure=figure
+        )
+        info = None
+        parts: list[bytes] = []
+        for msg in self.registry.GetVersionReport(req, **self._kw()):
+            if msg.WhichOneof("part") == "info":
+                info = msg.info
+            else:
+                parts.append(msg.chunk)
+        data = b"".join(parts)
+        if info is None:
+            raise ValueError("the server sent no report info")
+        art = info.artifact
+        if len(data) != art.size_bytes or hashlib.sha256(data).hexdigest() != art.sha256:
+            raise ValueError(
+                f"{art.name} of {name} version {info.version} does not match its sha256"
+            )
+        return info, data
+
+    def get_drift(self, name: str, version: int | None = None, alias: str | None = None) -> Any:
+        """The drift of a version's served inputs on this server (``DriftReport``)."""
+        from highpeaks_ml.v1 import registry_pb2
+
+        req = registry_pb2.GetDriftReportRequest(model=self._ref(name, version, alias))
+        return self.registry.GetDriftReport(req, **self._kw())
+
     # --- predict ---
     # ``predict`` takes a numpy array (sent as a tensor of raw little-endian
     # bytes) or a list of dicts / a pandas DataFrame (sent as named rows) and
@@ -294,8 +371,6 @@ class Client:
         request_id: str = "",
     ) -> Any:
         """A ``predict_pb2.PredictRequest`` for ``X`` (see ``predict``), e.g. for streams."""
-        from highpeaks_ml.api.converters.predict import build_request
-
         return build_request(name, X, version, alias, raw, outputs, request_id)
 
     def predict(
@@ -318,8 +393,6 @@ class Client:
         ``probabilities``, ``class_labels``, ``values`` (numpy arrays or None),
         ``model_name``, ``model_version`` and ``execution_provider``.
         """
-        from highpeaks_ml.api.converters.predict import PredictResult, build_request
-
         req = build_request(name, X, version, alias, raw, outputs)
         return PredictResult(self.predictor.Predict(req, **self._kw(timeout)))
 
@@ -332,8 +405,6 @@ class Client:
         server refused, a ``StreamFailure`` (``code``, ``message``, ``id``);
         the stream goes on after a failure.
         """
-        from highpeaks_ml.api.converters.predict import PredictResult, StreamFailure
-
         for msg in self.predictor.PredictStream(iter(requests), **self._kw(timeout)):
             if msg.WhichOneof("result") == "error":
                 yield StreamFailure(msg.error.code, msg.error.message, msg.id)
@@ -444,6 +515,10 @@ class Client:
         time_limit_s: float = 0.0,
         description: str = "",
         features: Sequence[str] = (),
+        cpus: int = 0,
+        memory_mb: int = 0,
+        search: Any = None,
+        promote_if_better: str = "",
     ) -> Any:
         """Start a training job; returns it (``train_pb2.TrainingJob``, state QUEUED).
 
@@ -451,6 +526,11 @@ class Client:
         digits), an uploaded dataset's id, or rows as a list of dicts.
         ``params``: hyperparameters from ``list_algorithms()``. ``task``:
         "classification", "regression" or None (inferred from the target).
+        ``cpus``, ``memory_mb``: the job's resources (0 = the server's defaults).
+        ``search``: a hyperparameter search instead of one fit, as a
+        ``search_pb2.SearchRequest`` or a dict for :func:`search_request`.
+        ``promote_if_better``: an alias moved to the new version only if it
+        scores better than the alias's current version on the same held-out rows.
         """
         from google.protobuf import struct_pb2
 
@@ -472,9 +552,15 @@ class Client:
             time_limit_seconds=time_limit_s,
             description=description,
             feature_columns=list(features),
+            resources=train_pb2.JobResources(cpus=cpus, memory_mb=memory_mb),
+            promote_if_better=promote_if_better,
         )
         if seed is not None:
             req.seed = seed
+        if search is not None:
+            req.search.CopyFrom(
+                search if isinstance(search, search_pb2.SearchRequest) else search_request(search)
+            )
         return self.train.StartTraining(req, **self._kw())
 
     def get_job(self, job_id: str) -> Any:
@@ -520,3 +606,200 @@ class Client:
         for job in self.watch_job(job_id, timeout):
             final = job
         return final if final is not None else self.get_job(job_id)
+
+
+# --- request building and results (numpy <-> messages via highpeaks_ml.tensors) ---
+
+
+_SEARCH_KEYS = {
+    "strategy",
+    "space",
+    "folds",
+    "metric",
+    "max_trials",
+    "trials",
+    "parallelism",
+    "time_budget_s",
+    "seed",
+}
+
+
+def search_request(spec: Any) -> search_pb2.SearchRequest:
+    """A SearchRequest from a plain mapping (what ``train --search-file`` reads)::
+
+        {"strategy": "random",            # grid | random | tpe
+         "max_trials": 16, "folds": 5, "metric": "accuracy",
+         "parallelism": 2, "time_budget_s": 600, "seed": 7,
+         "space": {"max_depth": {"low": 2, "high": 16},          # a range
+                   "C": {"low": 0.001, "high": 1000, "log": True},
+                   "criterion": ["gini", "entropy"]}}            # listed values
+
+    ValueError for keys or shapes it does not know (the server checks the rest).
+    """
+    from google.protobuf import json_format, struct_pb2
+
+    if not isinstance(spec, dict):
+        raise ValueError("a search must be a mapping (JSON/YAML object)")
+    spec = {k: v for k, v in spec.items() if v is not None}
+    unknown = set(spec) - _SEARCH_KEYS
+    if unknown:
+        raise ValueError(
+            f"unknown search key(s) {', '.join(sorted(unknown))}; known:"
+            f" {', '.join(sorted(_SEARCH_KEYS))}"
+        )
+    strategy = str(spec.get("strategy") or "random").lower()
+    names = {
+        "grid": search_pb2.SEARCH_STRATEGY_GRID,
+        "random": search_pb2.SEARCH_STRATEGY_RANDOM,
+        "tpe": search_pb2.SEARCH_STRATEGY_TPE,
+    }
+    if strategy not in names:
+        raise ValueError(f"unknown search strategy {strategy!r}; use grid, random or tpe")
+    out = search_pb2.SearchRequest(
+        strategy=names[strategy],
+        folds=int(spec.get("folds") or 0),
+        metric=str(spec.get("metric") or ""),
+        max_trials=int(spec.get("max_trials") or spec.get("trials") or 0),
+        parallelism=int(spec.get("parallelism") or 0),
+        time_budget_seconds=float(spec.get("time_budget_s") or 0.0),
+    )
+    if spec.get("seed") is not None:
+        out.seed = int(spec["seed"])
+    space = spec.get("space") or {}
+    if not isinstance(space, dict):
+        raise ValueError("search space must map hyperparameter names to values or ranges")
+    for name, dim in space.items():
+        if isinstance(dim, dict):
+            extra = set(dim) - {"low", "high", "log"}
+            if extra or not {"low", "high"} <= set(dim):
+                raise ValueError(f"range of {name!r} needs low and high (and optional log)")
+            out.space.add(
+                name=name,
+                range=search_pb2.ParamRange(
+                    low=float(dim["low"]), high=float(dim["high"]), log=bool(dim.get("log"))
+                ),
+            )
+        elif isinstance(dim, (list, tuple)):
+            values = [json_format.ParseDict(v, struct_pb2.Value()) for v in dim]
+            out.space.add(name=name, choice=search_pb2.ParamValues(values=values))
+        else:
+            raise ValueError(f"{name!r}: give a list of values or a {{low, high}} range")
+    return out
+
+
+def _native(v: Any) -> Any:
+    """A JSON-compatible Python value from a numpy/pandas scalar (NaN: None, a missing value)."""
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        v = v.item()
+    if isinstance(v, float) and v != v:
+        # pandas' empty cell (also in a text column): sent as null, which the
+        # server reads as a missing value for the feature (docs/serving.md).
+        return None
+    return v
+
+
+def rows_to_proto(rows: Any, out: Any) -> None:
+    """Fill ``FeatureRows`` ``out`` from a list of dicts or a pandas DataFrame."""
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):
+        rows = rows.to_dict(orient="records")
+    for row in rows:
+        s = out.rows.add()
+        s.update({str(k): _native(v) for k, v in row.items()})
+
+
+def _matrix(X: Any) -> Any:
+    import numpy as np
+
+    arr = np.asarray(X)
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)  # one row
+    if arr.dtype.kind == "f" and arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float32)
+    elif arr.dtype.kind in "iu" and arr.dtype not in (np.int32, np.int64):
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind in "US":
+        arr = arr.astype(object)
+    return arr
+
+
+def build_request(
+    name: str,
+    X: Any,
+    version: int | None = None,
+    alias: str | None = None,
+    raw: bool = True,
+    outputs: Sequence[str] = (),
+    request_id: str = "",
+) -> predict_pb2.PredictRequest:
+    """A ``PredictRequest`` for ``X``: a numpy array (a tensor; raw bytes when ``raw``),
+    or a list of dicts / a pandas DataFrame (named rows).
+
+    ``outputs`` is a subset of ("labels", "probabilities", "values").
+    """
+    if version is not None and alias is not None:
+        raise ValueError("give a version or an alias, not both")
+    req = predict_pb2.PredictRequest(raw_output=raw, id=request_id)
+    req.model.name = name
+    if version is not None:
+        req.model.version = version
+    elif alias is not None:
+        req.model.alias = alias
+    for o in outputs:
+        req.outputs.append(OUTPUT_KINDS[o])
+    is_table = hasattr(X, "to_dict") and hasattr(X, "columns")
+    if is_table or (isinstance(X, list) and X and isinstance(X[0], dict)):
+        rows_to_proto(X, req.rows)
+    elif isinstance(X, list) and not X:
+        req.rows.SetInParent()  # zero rows
+    else:
+        from highpeaks_ml.tensors import write_tensor
+
+        write_tensor(_matrix(X), raw, req.tensor)
+    return req
+
+
+class PredictResult:
+    """One prediction as numpy arrays (``None`` for outputs the model does not have)."""
+
+    __slots__ = (
+        "class_labels",
+        "execution_provider",
+        "id",
+        "labels",
+        "model_name",
+        "model_version",
+        "probabilities",
+        "values",
+    )
+
+    def __init__(self, resp: predict_pb2.PredictResponse) -> None:
+        from highpeaks_ml.tensors import tensor_to_numpy
+
+        self.model_name: str = resp.model_name
+        self.model_version: int = resp.model_version
+        self.execution_provider: str = resp.execution_provider
+        self.id: str = resp.id
+        self.labels = tensor_to_numpy(resp.labels) if resp.HasField("labels") else None
+        self.probabilities = (
+            tensor_to_numpy(resp.probabilities) if resp.HasField("probabilities") else None
+        )
+        self.class_labels: list[str] = list(resp.class_labels)
+        self.values = tensor_to_numpy(resp.values) if resp.HasField("values") else None
+
+    def __repr__(self) -> str:
+        n = next((len(a) for a in (self.labels, self.values) if a is not None), 0)
+        return f"PredictResult({self.model_name!r} v{self.model_version}, {n} rows)"
+
+
+class StreamFailure:
+    """A PredictStream request answered with an error (the stream went on)."""
+
+    __slots__ = ("code", "id", "message")
+
+    def __init__(self, code: int, message: str, request_id: str) -> None:
+        self.code = code  # a google.rpc.Code value (3 = INVALID_ARGUMENT, ...)
+        self.message = message
+        self.id = request_id
+
+    def __repr__(self) -> str:
+        return f"StreamFailure(code={self.code}, message={self.message!r}, id={self.id!r})"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import enum
+import ipaddress
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,44 @@ def read_setting_file(path: Any, setting: str) -> bytes:
             return f.read()
     except OSError as exc:
         raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+
+
+class TrainingBackend(enum.StrEnum):
+    """Where training jobs run (docs/training.md, "Where jobs run")."""
+
+    LOCAL = "local"
+    RAY = "ray"
+
+
+def jwks_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be the JWKS endpoint, or None: https, or http to a loopback host.
+
+    Keys fetched over plain http from another host could be swapped by anyone
+    on the path, and with them anyone could mint tokens.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises ValueError for a bad port
+    except ValueError:
+        return "not a valid URL"
+    if not host:
+        return "not a URL with a host"
+    if parts.scheme == "https":
+        return None
+    if parts.scheme != "http":
+        return "must be an https:// URL"
+    if host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return (
+        "must be https:// (http:// is allowed only to a loopback address such as "
+        "127.0.0.1, for development)"
+    )
 
 
 class GraphOptimization(enum.StrEnum):
@@ -148,6 +188,24 @@ class Settings(BaseSettings):
     home: Path = Field(
         Path("./var"), description="Data directory: models, datasets, jobs (a volume in k8s)."
     )
+    store: str = Field(
+        "",
+        description="Where models, datasets and job records live: empty for the directory "
+        "under `home`, or `s3://bucket/prefix` (S3-compatible; endpoint, region and "
+        "credentials from the standard AWS_* variables, docs/registry.md).",
+    )
+    store_poll_s: float = Field(
+        5.0,
+        gt=0,
+        description="With an s3:// store: how often the registry is re-read for versions and "
+        "alias moves made elsewhere (one LIST per 1,000 keys each time).",
+    )
+    store_cache_mb: float = Field(
+        2048.0,
+        ge=0,
+        description="With an s3:// store: size of the local cache of downloaded models under "
+        "`home` (least recently used evicted first); 0 caches nothing.",
+    )
     demo: bool = Field(
         False, description="On start with no models, train and register the `iris` demo model."
     )
@@ -188,6 +246,20 @@ class Settings(BaseSettings):
     )
     eager_load: bool = Field(
         True, description="At start-up, load every aliased version and each model's latest."
+    )
+    # docs/insight.md: the hot path only queues a reference to the request's
+    # inputs; a background thread counts them (c8 batch-1 cost measured there).
+    drift_enabled: bool = Field(
+        True,
+        description="Profile served inputs per loaded version and compare them with the "
+        "version's training profile (PSI per feature: GetDriftReport, the "
+        "highpeaks_ml_feature_drift gauge).",
+    )
+    drift_window_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Rolling window of served inputs the drift is computed over (seconds; "
+        "it moves in twelfths).",
     )
     warmup: bool = Field(True, description="Run one inference right after loading a version.")
     max_predict_rows: int = Field(
@@ -235,8 +307,60 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(
         100, ge=1, description="Queued training jobs allowed; more get RESOURCE_EXHAUSTED."
     )
+    # Only XGBoost trains on a GPU (docs/training.md, "Training on a GPU");
+    # scikit-learn and LightGBM always train on the CPU.
+    training_device: Device = Field(
+        Device.AUTO,
+        description="Where XGBoost trains: `auto` (CUDA when this trainer has a usable NVIDIA "
+        "GPU and a CUDA build of XGBoost, else CPU), `cpu`, or `cuda` (fail at start-up if "
+        "unusable). Other algorithms always train on the CPU.",
+    )
+    training_backend: TrainingBackend = Field(
+        TrainingBackend.LOCAL,
+        description="Where training jobs run: `local` (worker processes of this server) or "
+        "`ray` (tasks on the Ray cluster at ray_address).",
+    )
+    ray_address: str = Field(
+        "",
+        description="The Ray cluster training_backend=ray submits to: `ray://host:10001` or "
+        "the head's GCS address `host:6379`.",
+    )
+    # A job's CPUs become scikit-learn's n_jobs and its BLAS/OpenMP thread
+    # count; docs/training.md "Resources per job".
+    job_cpus: int = Field(
+        1, ge=1, description="CPUs a training job gets when its request names none."
+    )
+    max_job_cpus: int = Field(
+        0,
+        ge=0,
+        description="Most CPUs one training job may ask for; 0 = this machine's CPU count.",
+    )
+    # Measured in docs/training.md "Resources per job": an idle worker maps
+    # about 1.3 GB of address space it mostly never touches; the bound is on
+    # top of that, so it is close to the memory the job itself can use.
+    job_memory_mb: int = Field(
+        2048,
+        ge=64,
+        description="Memory a training job may use (MiB, above the idle worker's) when its "
+        "request names none; past it the job fails with a memory-limit error.",
+    )
+    max_job_memory_mb: int = Field(
+        0,
+        ge=0,
+        description="Most memory one training job may ask for (MiB); 0 = this machine's "
+        "physical memory.",
+    )
     job_time_limit_s: float = Field(
         3600.0, gt=0, description="Default and maximum wall time of one training job."
+    )
+    # A search's trials are recorded with the version (metadata grows with
+    # them) and each is k fits: a cap keeps one request from queueing days of work.
+    max_search_trials: int = Field(
+        200,
+        ge=1,
+        le=10_000,
+        description="Most trials one hyperparameter search may ask for (max_trials, or the "
+        "grid's size); more is INVALID_ARGUMENT.",
     )
     # Retention of ended job records (docs/training.md, "Job records and
     # retention"): a week outlasts any client's retries of an idempotency key
@@ -260,6 +384,21 @@ class Settings(BaseSettings):
     max_model_bytes: int = Field(
         512 * 1024 * 1024, ge=1, description="Largest imported ONNX model (bytes)."
     )
+    # docs/registry.md "Proof that a version serves": a publish proves in a child
+    # process that onnxruntime loads and runs the version, so a model that
+    # hangs or balloons on load costs the child, never the server.
+    load_check_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest a publish (import or training) may take to prove that onnxruntime "
+        "loads and runs the new version (s); past it the version is refused.",
+    )
+    load_check_memory_mb: int = Field(
+        2048,
+        ge=64,
+        description="Memory the process that proves a new version loads may use (MiB, above "
+        "onnxruntime's own); past it the version is refused.",
+    )
 
     # --- security ----------------------------------------------------------
     auth_mode: AuthMode = Field(
@@ -278,6 +417,49 @@ class Settings(BaseSettings):
     )
     jwt_secret_file: Path | None = Field(
         None, description="HS256 shared secret file (development; needs HS256 in the algorithms)."
+    )
+    # Kubernetes replaces a mounted Secret's files by swapping a symlink, so a
+    # rotated key is seen by checking the files now and then (docs/security.md).
+    jwt_key_file_check_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="How often the JWT key files (public key, JWKS, secret) are checked for a "
+        "change and re-read (s); a broken new file keeps the old keys.",
+    )
+    jwt_jwks_url: str | None = Field(
+        None,
+        description="The identity service's JWKS endpoint (`https://`; `http://` only to a "
+        "loopback address); fetched at start-up, every `jwt_jwks_refresh_s` and on an "
+        "unknown `kid`.",
+    )
+    jwt_jwks_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle that verifies the JWKS endpoint's certificate (default: the "
+        "system's roots).",
+    )
+    jwt_jwks_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="Time limit of one JWKS fetch (per connect and read), and the longest a "
+        "request with an unknown `kid` waits for the fetch it triggers (s).",
+    )
+    jwt_jwks_refresh_s: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="Fetch the JWKS again this often (s); keys removed there are refused from "
+        "the next fetch on.",
+    )
+    # Tokens with made-up kids must not turn into one fetch each against the
+    # identity service.
+    jwt_jwks_min_refresh_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="A token with an unknown `kid` triggers a JWKS fetch unless one began less "
+        "than this long ago (s); failed fetches are retried this often too (at least 0.5 s).",
     )
     jwt_issuer: str | None = Field(None, description="Required `iss` claim, when set.")
     jwt_audience: str | None = Field(None, description="Required `aud` claim, when set.")
@@ -306,10 +488,32 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown log level {v!r}")
         return level
 
-    @field_validator("jwt_issuer", "jwt_audience")
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, v: str) -> str:
+        v = v.strip()
+        if v and not v.startswith("s3://"):
+            raise ValueError("use an s3://bucket/prefix URL, or leave it empty for `home`")
+        if v:
+            from highpeaks_ml.registry.s3 import S3Location
+
+            S3Location.parse(v)  # ValueError names the problem
+        return v
+
+    @field_validator("jwt_issuer", "jwt_audience", "jwt_jwks_url")
     @classmethod
     def _empty_is_unset(cls, v: str | None) -> str | None:
         return v or None
+
+    @field_validator("jwt_jwks_url")
+    @classmethod
+    def _check_jwks_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        problem = jwks_url_problem(v)
+        if problem:
+            raise ValueError(f"jwt_jwks_url {v[:200]!r}: {problem}")
+        return v
 
     @field_validator("jwt_algorithms")
     @classmethod
@@ -329,10 +533,15 @@ class Settings(BaseSettings):
         # Combinations that would otherwise fail at the first RPC, or silently
         # serve without the protection the operator asked for.
         if self.auth_mode == AuthMode.JWT:
-            if not (self.jwt_public_key_file or self.jwt_jwks_file or self.jwt_secret_file):
+            if not (
+                self.jwt_public_key_file
+                or self.jwt_jwks_file
+                or self.jwt_secret_file
+                or self.jwt_jwks_url
+            ):
                 raise ValueError(
-                    "auth_mode=jwt needs a key: set jwt_public_key_file, jwt_jwks_file "
-                    "or jwt_secret_file"
+                    "auth_mode=jwt needs a key: set jwt_jwks_url, jwt_public_key_file, "
+                    "jwt_jwks_file or jwt_secret_file"
                 )
             if self.jwt_secret_file and not any(
                 a.startswith("HS") for a in self.jwt_algorithm_list
@@ -346,6 +555,14 @@ class Settings(BaseSettings):
             raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
         if self.health_port and self.health_port == self.port:
             raise ValueError("health_port must differ from port")
+        return self
+
+    @model_validator(mode="after")
+    def _check_training(self) -> Settings:
+        if self.max_job_cpus and self.job_cpus > self.max_job_cpus:
+            raise ValueError("job_cpus must be at most max_job_cpus")
+        if self.max_job_memory_mb and self.job_memory_mb > self.max_job_memory_mb:
+            raise ValueError("job_memory_mb must be at most max_job_memory_mb")
         return self
 
     @property

@@ -20,7 +20,10 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "reque
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+    # Names with a leading underscore are private fields that other libraries'
+    # record factories add to every record (Ray's adds ``_ray_timestamp_ns``
+    # once it is imported in the process), never our ``extra=``.
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and k[:1] != "_"}
 
 
 class _RequestIdFilter(logging.Filter):

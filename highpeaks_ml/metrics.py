@@ -21,12 +21,25 @@ Serving
   ``inline_inference_runs_total`` [model, version]  of those, calls run on the event loop
   ``model_load_seconds`` [model]                 session creation (+ warm-up) time
   ``model_load_failures_total`` [model]          versions that failed to load
+  ``model_targets_held`` [model]                 aliases ("latest" too) still served from their
+                                                 previous version: the new one failed to load
+  ``load_check_seconds``                         proving a new version loads, before a publish
+  ``load_check_refusals_total`` [stage]          versions refused by that proof (load, inputs,
+                                                 run, timeout, memory, crash)
   ``loaded_sessions``                            model versions loaded now
   ``loaded_model_bytes``                         their ONNX files' total size
+  ``feature_drift`` [model, version, feature]    PSI of served inputs against the training
+                                                 profile over the drift window (docs/insight.md)
 Training
   ``training_jobs`` [state]                      jobs per state now
   ``training_job_duration_seconds`` [algorithm, state]  wall time of finished jobs
   ``training_job_records_pruned_total`` [reason] ended job records removed (age, count)
+  ``training_job_record_write_failures_total``   job record writes the store refused (retried)
+  ``training_job_records_unsaved``               jobs whose newest state is not yet stored
+Authentication keys (source: public_key_file, jwks_file, secret_file, jwks_url)
+  ``auth_key_reloads_total`` [source]            loads that changed the keys in use
+  ``auth_key_reload_failures_total`` [source]    reads/fetches that failed (old keys kept)
+  ``auth_key_last_success_timestamp_seconds`` [source]  last good read or fetch (Unix time)
 Process (prometheus_client's collectors)
   ``process_*`` (RSS, CPU, open fds), ``python_gc_*``, ``python_info``
 """
@@ -147,12 +160,39 @@ class Metrics:
         self.model_load_failures = Counter(
             p + "model_load_failures", "Model versions that failed to load.", ["model"], registry=r
         )
+        self.model_targets_held = Gauge(
+            p + "model_targets_held",
+            "Aliases (and latest) whose callers are still served their previous version "
+            "because the version they now point at failed to load.",
+            ["model"],
+            registry=r,
+        )
+        self.load_check_seconds = Histogram(
+            p + "load_check_seconds",
+            "Time to prove, before a publish, that onnxruntime loads and runs a new version.",
+            buckets=_LOAD_BUCKETS,
+            registry=r,
+        )
+        self.load_check_refusals = Counter(
+            p + "load_check_refusals",
+            "New versions refused before publishing because the serving runtime could not "
+            "load or run them, by stage (load, inputs, run, timeout, memory, crash).",
+            ["stage"],
+            registry=r,
+        )
         self.loaded_sessions = Gauge(
             p + "loaded_sessions", "Model versions loaded in onnxruntime now.", registry=r
         )
         self.loaded_model_bytes = Gauge(
             p + "loaded_model_bytes",
             "Total size of the ONNX files of the model versions loaded now.",
+            registry=r,
+        )
+        self.feature_drift = Gauge(
+            p + "feature_drift",
+            "Population stability index of a feature's served inputs against the version's "
+            "training profile, over the drift window (< 0.1 none, > 0.25 significant).",
+            ["model", "version", "feature"],
             registry=r,
         )
         # --- training
@@ -170,6 +210,37 @@ class Metrics:
             p + "training_job_records_pruned",
             "Records of ended training jobs removed by retention, by reason (age or count).",
             ["reason"],
+            registry=r,
+        )
+        self.training_job_record_write_failures = Counter(
+            p + "training_job_record_write_failures",
+            "Job record writes that failed (the state is kept in memory and the write retried).",
+            registry=r,
+        )
+        self.training_job_records_unsaved = Gauge(
+            p + "training_job_records_unsaved",
+            "Jobs whose newest state is not yet in the job record store (writes being retried).",
+            registry=r,
+        )
+        # --- authentication keys (recorded by api/auth.py)
+        self.auth_key_reloads = Counter(
+            p + "auth_key_reloads",
+            "JWT verification key sets loaded that changed the keys in use (start-up "
+            "included), by source.",
+            ["source"],
+            registry=r,
+        )
+        self.auth_key_reload_failures = Counter(
+            p + "auth_key_reload_failures",
+            "JWT key files or JWKS fetches that failed (unreadable, malformed, unreachable); "
+            "the previous keys stay in use.",
+            ["source"],
+            registry=r,
+        )
+        self.auth_key_last_success = Gauge(
+            p + "auth_key_last_success_timestamp_seconds",
+            "Unix time of the last successful read (key file) or fetch (JWKS URL), by source.",
+            ["source"],
             registry=r,
         )
         self._http: Any = None
@@ -215,6 +286,25 @@ def record_prediction(model: str, version: int | str, rows: int) -> None:
     _current.predicted_rows.labels(model, str(version)).inc(rows)
 
 
+class VersionSeries:
+    """The serving metric series of one model version, looked up once.
+
+    ``labels(...)`` costs a lock and a dict lookup per call; the hot path of a
+    prediction records five series, so a loaded version keeps its children here
+    (in the metrics installed when it loaded). Same metrics as the functions below.
+    """
+
+    __slots__ = ("batch_rows", "compute", "inline_runs", "queue", "rows")
+
+    def __init__(self, model: str, version: int | str) -> None:
+        m, v = _current, str(version)
+        self.rows = m.predicted_rows.labels(model, v)
+        self.batch_rows = m.predict_batch_rows.labels(model, v)
+        self.compute = m.predict_compute_seconds.labels(model, v)
+        self.inline_runs = m.inline_inference_runs.labels(model, v)
+        self.queue = m.predict_queue_seconds.labels(model)
+
+
 def record_inference(model: str, version: int | str, rows: int, compute_s: float) -> None:
     """One onnxruntime call over ``rows`` rows (one batch) took ``compute_s`` seconds."""
     m = _current
@@ -242,6 +332,24 @@ def record_model_load(model: str, seconds: float, ok: bool) -> None:
         m.model_load_failures.labels(model).inc()
 
 
+def set_targets_held(model: str, count: int) -> None:
+    """How many of ``model``'s aliases (and latest) are held on their previous version."""
+    _current.model_targets_held.labels(model).set(count)
+
+
+def record_load_check(ok: bool, stage: str, seconds: float) -> None:
+    """A pre-publish load check took ``seconds``; ``ok`` False counts a refusal at ``stage``."""
+    m = _current
+    m.load_check_seconds.observe(seconds)
+    if not ok:
+        m.load_check_refusals.labels(stage).inc()
+
+
+def set_feature_drift(model: str, version: int | str, feature: str, psi: float) -> None:
+    """A feature's PSI over the drift window (serving/drift.py)."""
+    _current.feature_drift.labels(model, str(version), feature).set(psi)
+
+
 def set_loaded_sessions(count: int, model_bytes: int = 0) -> None:
     """The number of model versions loaded now, and their ONNX files' total size."""
     _current.loaded_sessions.set(count)
@@ -265,17 +373,45 @@ def record_training_jobs_pruned(reason: str, count: int) -> None:
     _current.training_job_records_pruned.labels(reason).inc(count)
 
 
+def record_job_record_write_failure(unsaved: int) -> None:
+    """A job record write failed; ``unsaved`` jobs now wait for their record to be stored."""
+    _current.training_job_record_write_failures.inc()
+    _current.training_job_records_unsaved.set(unsaved)
+
+
+def set_job_records_unsaved(unsaved: int) -> None:
+    """How many jobs' newest state waits to be stored (0 once every retry landed)."""
+    _current.training_job_records_unsaved.set(unsaved)
+
+
+def record_auth_key_load(source: str, ok: bool, changed: bool = False) -> None:
+    """A JWT key source was read or fetched: ``ok`` False counts a failure;
+    ``changed`` counts a load that replaced the keys in use."""
+    m = _current
+    if not ok:
+        m.auth_key_reload_failures.labels(source).inc()
+        return
+    m.auth_key_last_success.labels(source).set_to_current_time()
+    if changed:
+        m.auth_key_reloads.labels(source).inc()
+
+
 __all__ = [
     "PREFIX",
     "Metrics",
     "current",
     "install",
+    "record_auth_key_load",
     "record_inference",
+    "record_job_record_write_failure",
+    "record_load_check",
     "record_model_load",
     "record_prediction",
     "record_queue_wait",
     "record_training_job",
     "record_training_jobs_pruned",
+    "set_job_records_unsaved",
     "set_loaded_sessions",
+    "set_targets_held",
     "set_training_jobs",
 ]

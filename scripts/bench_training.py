@@ -4,6 +4,9 @@
     python scripts/bench_training.py                 # 100,000 rows x 20 columns, random_forest
     python scripts/bench_training.py --rows 20000    # smaller
     python scripts/bench_training.py --precision     # the float32 measurements of docs/training.md
+    python scripts/bench_training.py --boosting      # xgboost and lightgbm against random_forest
+    python scripts/bench_training.py --concurrent    # 8 jobs at once: local pool vs a Ray head
+    python scripts/bench_training.py --search        # 16-trial search: parallelism 2 vs 1
 
 The default run generates a classification table (``make_classification``,
 seeded), writes it as CSV, then
@@ -174,6 +177,118 @@ def bench(rows: int, cols: int) -> None:
     print(f"RATIO job total / bare fit = {result['total_s'] / fit_s:.2f}")
 
 
+# --- xgboost and lightgbm against random_forest (docs/training.md) --------------------
+
+BOOSTING = ("random_forest", "xgboost", "lightgbm")
+
+
+def _boosting_data(rows: int, cols: int) -> Any:
+    """The job's prepared data and split for a generated binary table (as ``_table``)."""
+    import pandas as pd
+    from sklearn.datasets import make_classification
+
+    from highpeaks_ml.training import catalogue, pipeline
+
+    X, y = make_classification(
+        n_samples=rows,
+        n_features=cols,
+        n_informative=max(2, cols // 2),
+        n_redundant=min(2, cols // 4),
+        random_state=0,
+    )
+    frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(cols)]).assign(target=y)
+    features = [(f"x{i}", "numeric") for i in range(cols)]
+    data = pipeline.prepare(frame, "target", features, catalogue.CLASSIFICATION)
+    return data, pipeline.split(data, 0.2, 0)
+
+
+def _serving_rows_per_s(onnx_bytes: bytes, X: np.ndarray, batch: int, window_s: float) -> float:
+    """Rows/s of in-process onnxruntime with the server's session options, ``batch`` rows a run."""
+    import onnxruntime as ort
+
+    from highpeaks_ml.config import Settings
+    from highpeaks_ml.serving.providers import session_options
+
+    options = session_options(Settings.load({"device": "cpu"}))
+    sess = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    x = np.resize(X, (batch, X.shape[1])).astype(np.float32)
+    for _ in range(3):
+        sess.run(None, {"input": x})
+    runs, t0 = 0, time.perf_counter()
+    while runs < 5 or time.perf_counter() - t0 < window_s:
+        sess.run(None, {"input": x})
+        runs += 1
+    return runs * batch / (time.perf_counter() - t0)
+
+
+def boosting_one(
+    algorithm: str, data: Any, split: Any, trees: int, window_s: float = 3.0
+) -> dict[str, Any]:
+    """Fit, export and verify one algorithm as a job does (catalogue defaults but
+    ``n_estimators``, one core), and its ONNX serving rows/s at batch 1,000."""
+    from highpeaks_ml.training import catalogue, pipeline
+
+    X_train, X_test, y_train, _ = split
+    algo = catalogue.get_algorithm(algorithm)
+    params = algo.validate(catalogue.CLASSIFICATION, {"n_estimators": trees})
+    model = pipeline.build(algo, data, params, 0)
+    t0 = time.perf_counter()
+    pipeline.fit(model, X_train, y_train, data.all_numeric)
+    t1 = time.perf_counter()
+    onnx_bytes = pipeline.export(model, data)
+    t2 = time.perf_counter()
+    check = pipeline.verify(model, onnx_bytes, X_test, data, y_train)
+    pipeline.verify_missing(model, onnx_bytes, X_test, data, y_train)
+    t3 = time.perf_counter()
+    X = X_test.to_numpy(dtype=np.float32)
+    return {
+        "algorithm": algorithm,
+        "fit_s": t1 - t0,
+        "export_s": t2 - t1,
+        "verify_s": t3 - t2,
+        "total_s": t3 - t0,
+        "onnx_mb": len(onnx_bytes) / 1e6,
+        "max_abs_diff": check["max_abs_diff"],
+        "rows_per_s": _serving_rows_per_s(onnx_bytes, X, 1000, window_s),
+    }
+
+
+def boosting_bench(rows: int, cols: int, trees: int) -> None:
+    """Print fit + export + verify time and serving rows/s of each, with ratios to the forest."""
+    import platform
+
+    data, split = _boosting_data(rows, cols)
+    print(f"data: {rows:,} rows x {cols} features, binary target; {len(split[0]):,} to train,"
+          f" {len(split[1]):,} to verify; {trees} trees each, catalogue defaults otherwise,"
+          " one core (n_jobs=1, as a job)")  # fmt: skip
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    # Untimed first round on a few rows: imports and converter registration
+    # happen once per worker process, not once per job.
+    small = _boosting_data(300, cols)
+    for algorithm in BOOSTING:
+        boosting_one(algorithm, *small, 2, window_s=0.0)
+    results = []
+    for algorithm in BOOSTING:
+        r = boosting_one(algorithm, data, split, trees)
+        print(f"  {algorithm}: fit {r['fit_s']:.2f} s, export {r['export_s']:.2f} s,"
+              f" verify {r['verify_s']:.2f} s")  # fmt: skip
+        results.append(r)
+    base = results[0]
+    print()
+    print("| algorithm | fit s | export s | verify s | fit+export+verify s | vs random_forest"
+          " | ONNX MB | serving rows/s (batch 1,000) | vs random_forest |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        print(f"| {r['algorithm']} | {r['fit_s']:.2f} | {r['export_s']:.2f} | {r['verify_s']:.2f}"
+              f" | {r['total_s']:.2f} | {r['total_s'] / base['total_s']:.2f}x"
+              f" | {r['onnx_mb']:.2f} | {r['rows_per_s']:,.0f}"
+              f" | {r['rows_per_s'] / base['rows_per_s']:.2f}x |")  # fmt: skip
+    for r in results[1:]:
+        print(f"RATIO {r['algorithm']} / random_forest: fit+export+verify"
+              f" {r['total_s'] / base['total_s']:.3f}, serving rows/s"
+              f" {r['rows_per_s'] / base['rows_per_s']:.2f}")  # fmt: skip
+
+
 # --- precision measurements (docs/training.md) -----------------------------------------
 
 
@@ -273,6 +388,183 @@ def _hgb_experiment() -> None:
         )
 
 
+# --- 8 concurrent jobs: the local pool against Ray on the same machine -------------------
+
+
+def _backend_run(
+    backend: str, path: Path, jobs: int, cpus: int, tiny: int, head: Any = None
+) -> dict[str, Any]:
+    """``jobs`` random_forest jobs started at once on one server, after ``tiny``
+    one-at-a-time iris jobs (whose created->finished time is mostly the backend's own)."""
+    from highpeaks_ml.client import Client
+    from highpeaks_ml.launcher import ServerProcess
+    from highpeaks_ml.v1 import train_pb2
+
+    def seconds(ts: Any) -> float:
+        return float(ts.ToNanoseconds()) / 1e9
+
+    with tempfile.TemporaryDirectory(prefix=f"bench-{backend}-") as tmp:
+        home = Path(tmp) / "home"
+        home.mkdir()
+        flags = ["--training-backend", backend, "--rpc-log", "off"]
+        env: dict[str, str] = {}
+        if head is None:
+            # The local pool: one worker process per CPU, each job on one CPU.
+            flags += ["--training-workers", str(cpus)]
+        else:
+            # Ray: every job submitted at once; Ray runs as many as it has CPUs for.
+            flags += ["--training-workers", str(jobs), "--ray-address", head.address]
+            env = head.driver_env()
+        with (
+            ServerProcess(home, *flags, env=env) as server,
+            Client(server.target, timeout=600) as c,
+        ):
+            c.wait_job(c.start_training("warmup", "logistic_regression", "builtin:iris").id)
+            tiny_s = []
+            for _ in range(tiny):
+                job = c.wait_job(c.start_training("tiny", "logistic_regression", "builtin:iris").id)
+                tiny_s.append(seconds(job.finished_at) - seconds(job.created_at))
+            ds = c.upload_dataset(path)
+            t0 = time.perf_counter()
+            ids = [
+                c.start_training(f"m{i}", "random_forest", ds.id, seed=i).id for i in range(jobs)
+            ]
+            ended = [c.wait_job(job_id) for job_id in ids]
+            wall = time.perf_counter() - t0
+    bad = [j.error for j in ended if j.state != train_pb2.JOB_STATE_SUCCEEDED]
+    if bad:
+        raise RuntimeError(f"{backend}: {len(bad)} jobs failed: {bad[0]}")
+    return {
+        "wall_s": wall,
+        "run_s": [seconds(j.finished_at) - seconds(j.started_at) for j in ended],
+        "tiny_s": tiny_s,
+        "nodes": sorted({j.placement.node for j in ended}),
+    }
+
+
+def concurrent_bench(rows: int, cols: int, jobs: int = 8, tiny: int = 5, rounds: int = 2) -> None:
+    """Print the local pool's and Ray's wall time for ``jobs`` jobs at once, their ratio,
+    and Ray's overhead per job, on this machine (a one-node Ray head with its CPUs).
+
+    The backends take turns (local, Ray, local, Ray...) and each one's best round counts,
+    so that load from elsewhere on the machine favours neither."""
+    from tests.support.ray_cluster import RayHead
+
+    cpus = os.cpu_count() or 1
+    print(
+        f"{jobs} concurrent random_forest jobs, {rows:,} rows x {cols} columns, {cpus} CPUs,"
+        f" best of {rounds} rounds"
+    )
+    runs: dict[str, list[dict[str, Any]]] = {"local": [], "ray": []}
+    with tempfile.TemporaryDirectory(prefix="bench-concurrent-") as tmp:
+        path = Path(tmp) / "table.csv"
+        _table(rows, cols, path)
+        head = RayHead(num_cpus=cpus)
+        t0 = time.perf_counter()
+        head.start()
+        print(f"  ray start --head: {time.perf_counter() - t0:.1f} s")
+        try:
+            for _ in range(rounds):
+                runs["local"].append(_backend_run("local", path, jobs, cpus, tiny))
+                runs["ray"].append(_backend_run("ray", path, jobs, cpus, tiny, head))
+        finally:
+            head.stop()
+    best = {name: min(r, key=lambda run: run["wall_s"]) for name, r in runs.items()}
+    tiny_ms = {
+        name: float(np.median([t for run in r for t in run["tiny_s"]])) * 1000
+        for name, r in runs.items()
+    }
+    for name, r in best.items():
+        walls = ", ".join(f"{run['wall_s']:.1f}" for run in runs[name])
+        print(
+            f"  {name:5}: wall {r['wall_s']:6.1f} s (rounds: {walls}); a job runs"
+            f" {np.mean(r['run_s']):5.2f} s (mean); a tiny iris job takes"
+            f" {tiny_ms[name]:5.0f} ms created->finished (median)"
+        )
+    print(f"  wall ray/local: {best['ray']['wall_s'] / best['local']['wall_s']:.2f}")
+    run_ms = (np.mean(best["ray"]["run_s"]) - np.mean(best["local"]["run_s"])) * 1000
+    print(
+        f"  Ray's overhead per job: {tiny_ms['ray'] - tiny_ms['local']:+.0f} ms on a tiny job"
+        f" (median); {run_ms:+.0f} ms on a job's run (started->finished, mean of the best round)"
+    )
+
+
+def _search_phase(client: Any, job_id: str) -> tuple[Any, float]:
+    """Follow a search job; (final job, seconds its SEARCHING stage lasted, client clock)."""
+    from highpeaks_ml.v1 import train_pb2
+
+    began = ended = 0.0
+    final = None
+    for snap in client.watch_job(job_id, timeout=3600):
+        now = time.perf_counter()
+        final = snap
+        searching = snap.stage == train_pb2.JOB_STAGE_SEARCHING
+        if searching and not began:
+            began = now
+        if began and not ended and not searching:
+            ended = now
+    if final is None or final.state != train_pb2.JOB_STATE_SUCCEEDED:
+        raise RuntimeError(f"search job failed: {final.error if final else 'no answer'}")
+    return final, (ended or time.perf_counter()) - began
+
+
+def search_bench(rows: int, cols: int, trials: int = 16, folds: int = 3) -> None:
+    """A ``trials``-trial random search of random_forest (20 trees) on a rows x cols
+    table, ``folds``-fold: wall time of the search at parallelism 1 and 2 on a local
+    pool of 2 workers, the speed-up, and the per-trial overhead of the backend
+    (search wall time minus the trials' own time, per trial, at parallelism 1;
+    and the same for tiny iris trials, where it is nearly all overhead)."""
+    from highpeaks_ml.client import Client
+    from highpeaks_ml.launcher import ServerProcess
+
+    space = {"max_depth": {"low": 4, "high": 16}, "min_samples_leaf": {"low": 1, "high": 10}}
+    print(
+        f"search: {trials} random_forest trials (20 trees), {folds}-fold,"
+        f" {rows:,} rows x {cols} columns, {os.cpu_count()} CPUs, local pool of 2 workers"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
+        path = Path(tmp) / "table.csv"
+        _table(rows, cols, path)
+        home = Path(tmp) / "home"
+        home.mkdir()
+        flags = ["--training-workers", "2", "--rpc-log", "off"]
+        with ServerProcess(home, *flags) as server, Client(server.target, timeout=600) as c:
+            c.wait_job(c.start_training("warmup", "logistic_regression", "builtin:iris").id)
+            ds = c.upload_dataset(path)
+            results = {}
+            for parallelism in (1, 2):
+                search = {"max_trials": trials, "folds": folds, "seed": 1,
+                          "parallelism": parallelism, "space": space}  # fmt: skip
+                job = c.start_training(
+                    f"search-p{parallelism}", "random_forest", ds.id,
+                    {"n_estimators": 20}, search=search,
+                )  # fmt: skip
+                final, wall = _search_phase(c, job.id)
+                record = c.get_version(final.model_name, final.model_version).search
+                busy = sum(t.seconds for t in record.trials)
+                results[parallelism] = (wall, busy)
+                print(
+                    f"  parallelism {parallelism}: search {wall:6.1f} s wall, trials' own time"
+                    f" {busy:6.1f} s (mean {busy / trials:5.2f} s), best accuracy"
+                    f" {record.best_score:.4f}"
+                )
+            tiny = {"max_trials": trials, "folds": 2, "parallelism": 1,
+                    "space": {"C": {"low": 0.1, "high": 10.0, "log": True}}}  # fmt: skip
+            job = c.start_training("tiny-search", "logistic_regression", "builtin:iris",
+                                   search=tiny)  # fmt: skip
+            final, tiny_wall = _search_phase(c, job.id)
+            record = c.get_version(final.model_name, final.model_version).search
+            tiny_busy = sum(t.seconds for t in record.trials)
+    (w1, b1), (w2, _b2) = results[1], results[2]
+    print(f"  speed-up parallelism 2 vs 1: {w1 / w2:.2f}x")
+    print(
+        f"  local per-trial overhead: {(w1 - b1) / trials * 1000:.0f} ms (forest trials),"
+        f" {(tiny_wall - tiny_busy) / trials * 1000:.0f} ms (tiny iris trials: wall"
+        f" {tiny_wall:.2f} s for {trials})"
+    )
+    print("  ray: not measured (the Ray executor has no run_trial yet)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -280,7 +572,32 @@ def main() -> int:
     parser.add_argument(
         "--precision", action="store_true", help="run the float32 measurements instead"
     )
+    parser.add_argument(
+        "--boosting",
+        action="store_true",
+        help="xgboost and lightgbm against random_forest instead (fit+export+verify, serving)",
+    )
+    parser.add_argument("--trees", type=int, default=100, help="with --boosting (default 100)")
+    parser.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="8 jobs at once, local pool vs Ray (use --rows 20000 or so on a small machine)",
+    )
+    parser.add_argument(
+        "--search",
+        action="store_true",
+        help="a 16-trial random_forest search, parallelism 2 vs 1 (default --rows 20000 here)",
+    )
     args = parser.parse_args()
+    if args.search:
+        search_bench(args.rows if args.rows != 100_000 else 20_000, args.cols)
+        return 0
+    if args.concurrent:
+        concurrent_bench(args.rows, args.cols)
+        return 0
+    if args.boosting:
+        boosting_bench(args.rows, args.cols, args.trees)
+        return 0
     if args.precision:
         _rf_scaler_experiment()
         _hgb_experiment()

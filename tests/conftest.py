@@ -85,3 +85,32 @@ def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
     grpc.channel_ready_future(ch).result(timeout=10)
     yield ch
     ch.close()
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[Any]:
+    """One real Ray head for the whole test session (tests/support/ray_cluster.py):
+    127.0.0.1 only, 2 CPUs, dashboard off, token auth on. Started on first use only,
+    so a run without Ray tests never starts Ray; stopped by its process group at the end."""
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install '.[ray]')")
+    from tests.support.ray_cluster import RayHead
+
+    head = RayHead(num_cpus=2)
+    try:
+        yield head.start()
+    finally:
+        head.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """One real S3 server (SeaweedFS ``weed mini``, tests/support/s3_server.py) for the whole
+    session: loopback ports only, telemetry off, one bucket, test credentials. Started on
+    first use only, so a run without S3 tests never starts it; stopped at the end."""
+    from tests.support.s3_server import S3Server
+
+    server = S3Server()
+    try:
+        yield server.start()
+    finally:
+        server.close()

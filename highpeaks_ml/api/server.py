@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from highpeaks_ml import __version__
 from highpeaks_ml import metrics as metrics_mod
 from highpeaks_ml.api import oip_messages
+from highpeaks_ml.api import tracing as tracing_mod
 from highpeaks_ml.api.auth import build_auth_interceptor
 from highpeaks_ml.api.context import ANONYMOUS, NO_SUBJECT
 from highpeaks_ml.api.interceptors import (
@@ -44,6 +45,9 @@ _FLUSH_S = 1.0
 #: auth.MAX_TOKEN_CHARS and the usual headers; more is RESOURCE_EXHAUSTED.
 MAX_METADATA_BYTES = 16 * 1024
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+#: How often TrainService's health follows the training backend's (a Ray cluster
+#: may become unreachable and come back).
+TRAINING_HEALTH_POLL_S = 2.0
 
 #: Full names of the public services, from the generated descriptors.
 PUBLIC_SERVICES: tuple[str, ...] = (
@@ -53,6 +57,7 @@ PUBLIC_SERVICES: tuple[str, ...] = (
     # The Open Inference Protocol (its descriptors live in a private pool: docs/oip.md).
     oip_messages.SERVICE_NAME,
 )
+TRAIN_SERVICE = PUBLIC_SERVICES[0]
 
 
 @dataclass
@@ -120,6 +125,7 @@ class Server:
         self.health_server = health_server
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._training_health: asyncio.Task[None] | None = None
 
     async def set_serving(self, serving: bool) -> None:
         """Set the overall and per-service health status."""
@@ -127,6 +133,32 @@ class Server:
         self.app.ready = serving
         for name in ("", *PUBLIC_SERVICES):
             await self.health.set(name, status)
+        if serving:
+            await self._set_training_health()
+
+    async def _set_training_health(self, last: str | None = None) -> str | None:
+        """TrainService NOT_SERVING while the training backend cannot run jobs (a Ray
+        cluster unreachable); the server and the other services are not affected."""
+        jobs = self.app.components.get("jobs")
+        problem = jobs.health() if jobs is not None else None
+        if self.app.ready and not self._stopping and problem != last:
+            await self.health.set(TRAIN_SERVICE, SERVING if problem is None else NOT_SERVING)
+            if problem is not None:
+                log.warning("TrainService NOT_SERVING: %s", problem)
+            elif last is not None:
+                log.info("TrainService SERVING again")
+        return problem
+
+    def follow_training_health(self) -> None:
+        """Start re-checking the training backend's health every few seconds."""
+
+        async def follow() -> None:
+            last = await self._set_training_health()
+            while not self._stopping:
+                await asyncio.sleep(TRAINING_HEALTH_POLL_S)
+                last = await self._set_training_health(last)
+
+        self._training_health = asyncio.create_task(follow(), name="training-health")
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop (docs/security.md, "Graceful drain").
@@ -140,6 +172,8 @@ class Server:
             await self._stopped.wait()
             return
         self._stopping = True
+        if self._training_health is not None:
+            self._training_health.cancel()
         settings = self.app.settings
         grace = settings.grace_period_s if grace is None else grace
         log.info("shutting down", extra={"grace_s": grace, "delay_s": settings.drain_delay_s})
@@ -182,14 +216,21 @@ class Server:
 
 def _build_app(settings: Settings) -> App:
     """Create the domain services (registry, training, serving) for ``settings``."""
-    from highpeaks_ml.registry.local import LocalModelStore
+    from highpeaks_ml.registry.factory import open_store
 
     app = App(settings)
-    settings.home.mkdir(parents=True, exist_ok=True)
-    app.components["registry"] = LocalModelStore(settings.home)
+    # The directory under --home, or S3 (--store s3://...): one choice for all three stores.
+    stores = open_store(settings)
+    app.components["registry"] = stores.models
+    from highpeaks_ml.serving.loadcheck import LoadCheck
+
+    # Every publish (import, training) first proves that onnxruntime loads and runs it.
+    app.components["registry"].set_publish_check(LoadCheck(settings))
     from highpeaks_ml.training.datasets import DatasetStore
 
-    app.components["datasets"] = DatasetStore(settings.home, settings.max_dataset_bytes)
+    app.components["datasets"] = DatasetStore(
+        settings.home, settings.max_dataset_bytes, stores.datasets
+    )
     from highpeaks_ml.serving.manager import ModelManager
 
     # Chooses the execution provider (logged; device=cuda fails here when unusable).
@@ -198,7 +239,7 @@ def _build_app(settings: Settings) -> App:
 
     # Last: its start() may submit the demo job, which needs everything above.
     app.components["jobs"] = JobManager(
-        settings, app.components["registry"], app.components["datasets"]
+        settings, app.components["registry"], app.components["datasets"], records=stores.jobs
     )
     return app
 
@@ -323,13 +364,27 @@ async def create_server(settings: Settings) -> tuple[Server, int]:
     default_subject = ANONYMOUS if auth_interceptor is None else NO_SUBJECT
     # The error mapping is outermost, so authentication failures are mapped,
     # logged and counted like any other RPC outcome.
+    # Without authentication the error mapping also refuses unparsable requests
+    # (MalformedRequestInterceptor's job): one interceptor less per call.
     interceptors: list[aio.ServerInterceptor] = [
-        ErrorMappingInterceptor(metrics, lifecycle, default_subject, settings.rpc_log)
+        ErrorMappingInterceptor(
+            metrics,
+            lifecycle,
+            default_subject,
+            settings.rpc_log,
+            malformed=auth_interceptor is None,
+        )
     ]
+    # Decided once: with tracing off (the default) no tracing code runs per call.
+    tracing = tracing_mod.setup()
+    if tracing is not None:
+        # Outermost: the span covers authentication and the error mapping too.
+        interceptors.insert(0, tracing.interceptor())
     if auth_interceptor is not None:
         interceptors.append(auth_interceptor)
-    # Innermost: unparsable request bytes become INVALID_ARGUMENT, not UNKNOWN.
-    interceptors.append(MalformedRequestInterceptor())
+        # Innermost: unparsable request bytes become INVALID_ARGUMENT, not UNKNOWN,
+        # after the caller was authenticated.
+        interceptors.append(MalformedRequestInterceptor())
     grpc_server = aio.server(
         interceptors=interceptors,
         options=options,
@@ -338,6 +393,14 @@ async def create_server(settings: Settings) -> tuple[Server, int]:
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     app = _build_app(settings)
+    if auth_interceptor is not None:
+        # Last, so its start (the first JWKS fetch, which readiness waits
+        # for) comes after model loading; it also stops the key watching.
+        app.components["auth"] = auth_interceptor.authenticator
+    if tracing is not None:
+        app.components["tracing"] = tracing  # closed (spans flushed) at shutdown
+        # Training jobs traced by stage, in the StartTraining call's trace.
+        app.components["jobs"].tracer = tracing.jobs()
     _add_servicers(grpc_server, app)
     service_names = (
         *PUBLIC_SERVICES,
@@ -387,6 +450,7 @@ async def create_server(settings: Settings) -> tuple[Server, int]:
     )
     await app.start()
     await server.set_serving(True)
+    server.follow_training_health()
     log.info("ready")
     return server, port
 

@@ -48,6 +48,11 @@ def register(sub: Any) -> None:
     alias.add_argument("alias")
     alias.add_argument("version", nargs="?", type=int, help="version number (not with --delete)")
     alias.add_argument("--delete", action="store_true", help="remove the alias")
+    alias.add_argument(
+        "--force",
+        action="store_true",
+        help="move the alias even when the server fails to load VERSION",
+    )
     add_target(alias)
     alias.set_defaults(func=with_client(_alias))
 
@@ -85,6 +90,40 @@ def register(sub: Any) -> None:
     exp.add_argument("-o", "--output", type=Path, required=True, help="file to write")
     add_target(exp)
     exp.set_defaults(func=with_client(_export))
+
+    rep = msub.add_parser(
+        "report",
+        help="download a trained version's evaluation report (HTML page, JSON or one figure)",
+    )
+    rep.add_argument("name")
+    _add_selector(rep)
+    rep.add_argument(
+        "--format",
+        choices=("html", "json", "figure"),
+        default=None,
+        help="what to download (default: from the output's extension, else html)",
+    )
+    rep.add_argument(
+        "--figure",
+        default="",
+        help="the figure's name, with --format figure (served-FEATURE: this server's live"
+        " served-vs-training bars of one feature)",
+    )
+    rep.add_argument(
+        "-o", "--output", type=Path, help="file to write (default: JSON to stdout; required else)"
+    )
+    add_target(rep)
+    rep.set_defaults(func=with_client(_report))
+
+    drift = msub.add_parser(
+        "drift",
+        help="drift of the inputs this server was asked about, per feature, highest first",
+    )
+    drift.add_argument("name")
+    _add_selector(drift)
+    drift.add_argument("--json", action="store_true", help="print JSON")
+    add_target(drift)
+    drift.set_defaults(func=with_client(_drift))
 
 
 def _add_selector(p: argparse.ArgumentParser) -> None:
@@ -142,7 +181,7 @@ def _alias(client: Any, args: argparse.Namespace) -> int:
         return 0
     if args.version is None:
         raise SystemExit("error: VERSION is required (or --delete)")
-    model = client.set_alias(args.name, args.alias, args.version)
+    model = client.set_alias(args.name, args.alias, args.version, force=args.force)
     print(f"{model.name}: {args.alias} -> version {model.aliases[args.alias]}")
     return 0
 
@@ -189,6 +228,61 @@ def _export(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(client: Any, args: argparse.Namespace) -> int:
+    fmt = args.format
+    out: Path | None = args.output
+    if fmt is None:
+        suffix = out.suffix.lower() if out is not None else ".json"
+        fmt = {".json": "json", ".png": "figure"}.get(suffix, "html")
+    if fmt == "figure" and not args.figure:
+        raise SystemExit("error: --format figure needs --figure NAME (see the report's JSON)")
+    if out is None and fmt != "json":
+        raise SystemExit("error: give -o FILE for an HTML page or a figure")
+    info, data = client.get_report(
+        args.name, version=args.version, alias=args.alias, fmt=fmt, figure=args.figure
+    )
+    if out is None:
+        sys.stdout.write(data.decode())
+        return 0
+    try:
+        write_atomic(out, data)
+    except OSError as exc:
+        raise SystemExit(f"error: cannot write {out}: {exc.strerror}") from None
+    served = ""
+    if info.HasField("stored") or info.served_rows:
+        # The page (or figure) carries this server's live served-vs-training part.
+        served = (
+            f"; served inputs vs training: {info.served_rows} rows,"
+            f" {len(info.served_features)} features drawn"
+            if info.served_rows
+            else "; no served traffic seen yet"
+        )
+    print(
+        f"wrote {out} ({len(data)} bytes): {args.name} version {info.version}"
+        f" {info.artifact.name}{served}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _drift(client: Any, args: argparse.Namespace) -> int:
+    rep = client.get_drift(args.name, version=args.version, alias=args.alias)
+    if args.json:
+        print_json(to_dict(rep))
+        return 0
+    state = "" if rep.enabled else " (drift profiling is off on this server: drift_enabled)"
+    print(
+        f"{rep.model_name} version {rep.version}: {rep.rows} rows served in the last"
+        f" {rep.window_seconds:g} s (training profile: {rep.training_rows} rows){state}"
+    )
+    rows: list[tuple[str, ...]] = [("FEATURE", "TYPE", "PSI", "DRIFT", "ROWS")]
+    for f in rep.features:
+        psi = "-" if f.psi != f.psi else f"{f.psi:.4f}"  # NaN: no traffic
+        rows.append((f.name, f.type, psi, f.level, str(f.rows)))
+    _print_table(rows)
+    return 0
+
+
 # --- formatting ----------------------------------------------------------------
 
 
@@ -215,12 +309,38 @@ def _spec(t: Any) -> str:
     return f"{t.name} {_enum(t, 'data_type', 'DATA_TYPE_')} {_shape(t.shape)}"
 
 
+#: Trials ``models show`` lists of a version's search (the best ones).
+TOP_TRIALS = 5
+
+
+def _search_lines(s: Any) -> list[str]:
+    """A version's search: the settings, then the top trials by mean score."""
+    strategy = _enum(s, "strategy", "SEARCH_STRATEGY_")
+    ok = [t for t in s.trials if _enum(t, "state", "TRIAL_STATE_") == "succeeded"]
+    failed = len(s.trials) - len(ok)
+    budget = ", stopped by its time budget" if s.stopped_by_budget else ""
+    lines = [
+        f"  search: {strategy}, {len(s.trials)} trials ({failed} not succeeded), {s.folds}-fold"
+        f" {s.metric} ({'higher' if s.greater_is_better else 'lower'} is better),"
+        f" seed {s.seed}{budget}; winner trial {s.best_trial}"
+    ]
+    ok.sort(key=lambda t: (-t.mean if s.greater_is_better else t.mean, t.number))
+    for t in ok[:TOP_TRIALS]:
+        hp = json_format.MessageToDict(t.params)
+        params = ", ".join(f"{k}={_param(hp[k])}" for k in sorted(hp))
+        lines.append(
+            f"    #{t.number:<3} {s.metric} {t.mean:.4g} ± {t.std:.2g}  {t.seconds:6.2f}s  {params}"
+        )
+    return lines
+
+
 def _version_lines(v: Any) -> list[str]:
     aliases = f"  (aliases: {', '.join(v.aliases)})" if v.aliases else ""
     lines = [f"version {v.version} of {v.model_name}{aliases}"]
     lines.append(
         f"  source: {_enum(v, 'source', 'VERSION_SOURCE_')}   task: {_enum(v, 'task', 'TASK_')}"
         + (f"   algorithm: {v.algorithm}" if v.algorithm else "")
+        + (f"   trained on: {v.training_device}" if v.training_device else "")
     )
     created = f"  created: {_time(v.created_at)}"
     if v.created_by:
@@ -258,14 +378,27 @@ def _version_lines(v: Any) -> list[str]:
             f"  verification: {'passed' if ver.passed else 'FAILED'} on {ver.rows} rows"
             f" (label mismatch {ver.label_mismatch_rate:.2%}, max |diff| {ver.max_abs_diff:.3g},"
             f" tolerance {ver.tolerance:.3g})"
+            + (
+                f", and on {ver.rows_with_missing} with missing values"
+                if ver.rows_with_missing
+                else ""
+            )
         )
+    if v.HasField("search"):
+        lines.extend(_search_lines(v.search))
+    if v.HasField("promotion"):
+        p = v.promotion
+        verb = "moved here" if p.promoted else "not moved"
+        lines.append(f"  promote-if-better {p.alias}: {verb}: {p.reason}")
     if v.features:
         feats = []
         for f in v.features:
             kind = _enum(f, "type", "FEATURE_TYPE_")
             if f.categories:
                 kind += ": " + ", ".join(f.categories)
-            feats.append(f"{f.name} ({kind})")
+            # Whether Predict takes a missing value (NaN / null) for it (docs/serving.md).
+            missing = "allowed" if f.allows_missing else "refused"
+            feats.append(f"{f.name} ({kind}) [missing: {missing}]")
         lines.append("  features: " + "; ".join(feats))
     if v.inputs:
         lines.append("  inputs: " + "; ".join(_spec(t) for t in v.inputs))

@@ -12,12 +12,12 @@ import abc
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from highpeaks_ml.errors import InvalidArgument
+from highpeaks_ml.errors import InvalidArgument, NotFound, quote
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 RESERVED_ALIASES = frozenset({"latest"})
@@ -30,9 +30,8 @@ def validate_name(value: str, what: str = "model name") -> str:
     '_', at most 63 characters. Raises InvalidArgument naming ``what``.
     """
     if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
-        shown = value if isinstance(value, str) and len(value) <= 80 else f"{str(value)[:40]}..."
         raise InvalidArgument(
-            f"invalid {what} {shown!r}: use 1-63 lowercase letters, digits, '.', '_' or '-',"
+            f"invalid {what} {quote(value)}: use 1-63 lowercase letters, digits, '.', '_' or '-',"
             " starting with a letter or digit"
         )
     return value
@@ -53,6 +52,11 @@ class FeatureSpec:
     name: str
     type: str  # "numeric" | "categorical"
     categories: tuple[str, ...] = ()
+    #: Whether the model answers for a missing value of this feature (NaN or
+    #: null for a numeric one, null for a categorical one) as scikit-learn does.
+    #: Recorded at training time; False for versions recorded before the flag
+    #: existed and for anything not known to handle it, so those keep refusing NaN.
+    allows_missing: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,52 @@ class TensorSpec:
     name: str
     dtype: str  # "float32" | "float64" | "int64" | "int32" | "bool" | "string"
     shape: tuple[int, ...]
+
+
+#: Names of a version's artifacts: lowercase letters, digits, '.', '_', '-', at most 100
+#: characters, with an extension that gives the media type (``ARTIFACT_MEDIA_TYPES``).
+ARTIFACT_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+ARTIFACT_MEDIA_TYPES = {
+    ".png": "image/png",
+    ".json": "application/json",
+    ".html": "text/html; charset=utf-8",
+}
+
+
+def validate_artifact_name(value: str) -> str:
+    """Check an artifact name (``report.html``, ``fig-roc.png``, ``profile.json``...)."""
+    if (
+        not isinstance(value, str)
+        or not ARTIFACT_NAME_PATTERN.fullmatch(value)
+        or not value.endswith(tuple(ARTIFACT_MEDIA_TYPES))
+    ):
+        raise InvalidArgument(
+            f"invalid artifact name {quote(value)}: use 1-100 lowercase letters, digits, '.', '_'"
+            f" or '-' ending in one of {', '.join(sorted(ARTIFACT_MEDIA_TYPES))}"
+        )
+    return value
+
+
+def artifact_media_type(name: str) -> str:
+    """The media type of an artifact, from its name's extension."""
+    for ext, media in ARTIFACT_MEDIA_TYPES.items():
+        if name.endswith(ext):
+            return media
+    return "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """One immutable file stored with a version (report page, figure, numbers, profile).
+
+    Listed in the version's metadata, so it is published with the version in
+    the same atomic step and its sha256 is checked on every read.
+    """
+
+    name: str
+    sha256: str
+    size_bytes: int
+    media_type: str
 
 
 @dataclass(frozen=True)
@@ -90,6 +140,24 @@ class VersionMeta:
     job_id: str = ""
     created_by: str = ""
     description: str = ""
+    # Where the estimator was fitted: "cuda" (XGBoost on a GPU) or "cpu";
+    # "" for imported versions and those recorded before it was kept.
+    training_device: str = ""
+    #: Files stored with the version (evaluation report, training profile), by name.
+    artifacts: tuple[ArtifactInfo, ...] = ()
+    #: A hyperparameter search's record (training/search.py ``search_record``):
+    #: the space, every trial and the winner; {} when the job searched nothing.
+    search: dict[str, Any] = field(default_factory=dict)
+    #: The promote-if-better decision (alias, metric, both scores, promoted,
+    #: reason); {} when the job asked for none.
+    promotion: dict[str, Any] = field(default_factory=dict)
+
+    def artifact(self, name: str) -> ArtifactInfo:
+        """The listed artifact ``name``; NotFound when this version has none by that name."""
+        for a in self.artifacts:
+            if a.name == name:
+                return a
+        raise NotFound(f"model {self.model_name!r} version {self.version} has no artifact {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -101,7 +169,12 @@ class VersionMeta:
         known = {f for f in cls.__dataclass_fields__}
         d = {k: v for k, v in data.items() if k in known}
         d["features"] = tuple(
-            FeatureSpec(f["name"], f["type"], tuple(f.get("categories", ())))
+            FeatureSpec(
+                f["name"],
+                f["type"],
+                tuple(f.get("categories", ())),
+                bool(f.get("allows_missing", False)),
+            )
             for f in d.get("features", ())
         )
         for key in ("inputs", "outputs"):
@@ -109,6 +182,10 @@ class VersionMeta:
                 TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in d.get(key, ())
             )
         d["class_labels"] = tuple(d.get("class_labels", ()))
+        d["artifacts"] = tuple(
+            ArtifactInfo(a["name"], a["sha256"], int(a["size_bytes"]), a["media_type"])
+            for a in d.get("artifacts", ())
+        )
         return cls(**d)
 
 
@@ -176,14 +253,33 @@ class _TempDirLease(ScratchLease):
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
+#: ``check(model_file, meta)`` before a version is published; raises to refuse it.
+PublishCheck = Callable[[Path, VersionMeta], None]
+
+
 class ModelStore(abc.ABC):
     """Storage of model versions and aliases.
 
     Implementations must make every change atomic (a reader sees the old
     state or the new one, never half), allocate version numbers without
-    races between threads and processes, and verify each version's sha256
-    when its bytes are read.
+    races between threads and processes, verify each version's sha256
+    when its bytes are read, and call ``check_publishable`` on every new
+    version's staged file before it becomes visible.
     """
+
+    _publish_check: PublishCheck | None = None
+
+    def set_publish_check(self, check: PublishCheck | None) -> None:
+        """Run ``check(model_file, meta)`` before every publish; what it raises refuses the
+        version (nothing stored, no alias moved). The server installs the serving runtime's
+        load check here (``serving.loadcheck.LoadCheck``), so imports and training alike
+        pass it."""
+        self._publish_check = check
+
+    def check_publishable(self, model_file: Path, meta: VersionMeta) -> None:
+        """Run the publish check, if any, on a staged file (for backends' ``publish*``)."""
+        if self._publish_check is not None:
+            self._publish_check(model_file, meta)
 
     @abc.abstractmethod
     def list_models(self) -> list[ModelInfo]:
@@ -209,19 +305,44 @@ class ModelStore(abc.ABC):
 
     @abc.abstractmethod
     def publish(
-        self, name: str, onnx_bytes: bytes, meta: VersionMeta, aliases: tuple[str, ...] = ()
+        self,
+        name: str,
+        onnx_bytes: bytes,
+        meta: VersionMeta,
+        aliases: tuple[str, ...] = (),
+        artifacts: Mapping[str, bytes] | None = None,
     ) -> VersionMeta:
         """Register ``onnx_bytes`` as the next version of ``name``.
 
         ``meta.version``, ``sha256``, ``size_bytes`` and ``created_at`` are
         filled in by the store; the returned meta is what was stored.
+        ``artifacts`` (name -> bytes; names checked by ``validate_artifact_name``)
+        are stored with the version in the same atomic publish and listed, with
+        their sha256, in ``meta.artifacts`` (whatever the caller put there is
+        replaced): the version is visible with all of them or not at all.
         """
 
     @abc.abstractmethod
     def publish_file(
-        self, name: str, onnx_path: Path, meta: VersionMeta, aliases: tuple[str, ...] = ()
+        self,
+        name: str,
+        onnx_path: Path,
+        meta: VersionMeta,
+        aliases: tuple[str, ...] = (),
+        artifacts: Mapping[str, bytes] | None = None,
     ) -> VersionMeta:
         """Like ``publish`` for a file already on disk (moved or copied in)."""
+
+    def list_artifacts(self, name: str, version: int) -> tuple[ArtifactInfo, ...]:
+        """The artifacts of a version, as listed in its metadata (NotFound for an unknown
+        version)."""
+        return self.resolve(name, version).artifacts
+
+    @abc.abstractmethod
+    def read_artifact(self, name: str, version: int, artifact: str) -> bytes:
+        """The bytes of one artifact of a version, checked against the sha256 in its
+        metadata (Unavailable on a mismatch or when unreadable; NotFound when the version
+        does not list it)."""
 
     @abc.abstractmethod
     def set_alias(self, name: str, alias: str, version: int) -> ModelInfo:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chighpeaks_ml/v1/common.proto\x12\x0fhighpeaks_ml.v1\"H\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07version\x18\x02 \x01(\rH\x00\x12\x0f\n\x05\x61lias\x18\x03 \x01(\tH\x00\x42\n\n\x08selector\"\xdc\x01\n\x06Tensor\x12,\n\tdata_type\x18\x01 \x01(\x0e\x32\x19.highpeaks_ml.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x14\n\x0c\x66loat_values\x18\x03 \x03(\x02\x12\x15\n\rdouble_values\x18\x04 \x03(\x01\x12\x14\n\x0cint64_values\x18\x05 \x03(\x03\x12\x14\n\x0cint32_values\x18\x06 \x03(\x05\x12\x13\n\x0b\x62ool_values\x18\x07 \x03(\x08\x12\x15\n\rstring_values\x18\x08 \x03(\t\x12\x10\n\x08raw_data\x18\t \x01(\x0c\"W\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.highpeaks_ml.v1.FeatureType\x12\x12\n\ncategories\x18\x03 \x03(\t\"W\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\tdata_type\x18\x02 \x01(\x0e\x32\x19.highpeaks_ml.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\",\n\x0bStreamError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t*J\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_CLASSIFICATION\x10\x01\x12\x13\n\x0fTASK_REGRESSION\x10\x02*\xa7\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT64\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_INT64\x10\x03\x12\x13\n\x0f\x44\x41TA_TYPE_INT32\x10\x04\x12\x12\n\x0e\x44\x41TA_TYPE_BOOL\x10\x05\x12\x14\n\x10\x44\x41TA_TYPE_STRING\x10\x06*c\n\x0b\x46\x65\x61tureType\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46\x45\x41TURE_TYPE_NUMERIC\x10\x01\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_CATEGORICAL\x10\x02\x42T\n\x12io.highpeaks.ml.v1P\x01Z<github.com/highpeaks/ml-platform/gen/go/highpeaks_ml/v1;mlv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chighpeaks_ml/v1/common.proto\x12\x0fhighpeaks_ml.v1\"H\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07version\x18\x02 \x01(\rH\x00\x12\x0f\n\x05\x61lias\x18\x03 \x01(\tH\x00\x42\n\n\x08selector\"\xdc\x01\n\x06Tensor\x12,\n\tdata_type\x18\x01 \x01(\x0e\x32\x19.highpeaks_ml.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x14\n\x0c\x66loat_values\x18\x03 \x03(\x02\x12\x15\n\rdouble_values\x18\x04 \x03(\x01\x12\x14\n\x0cint64_values\x18\x05 \x03(\x03\x12\x14\n\x0cint32_values\x18\x06 \x03(\x05\x12\x13\n\x0b\x62ool_values\x18\x07 \x03(\x08\x12\x15\n\rstring_values\x18\x08 \x03(\t\x12\x10\n\x08raw_data\x18\t \x01(\x0c\"o\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.highpeaks_ml.v1.FeatureType\x12\x12\n\ncategories\x18\x03 \x03(\t\x12\x16\n\x0e\x61llows_missing\x18\x04 \x01(\x08\"W\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\tdata_type\x18\x02 \x01(\x0e\x32\x19.highpeaks_ml.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\",\n\x0bStreamError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t*J\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_CLASSIFICATION\x10\x01\x12\x13\n\x0fTASK_REGRESSION\x10\x02*\xa7\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT64\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_INT64\x10\x03\x12\x13\n\x0f\x44\x41TA_TYPE_INT32\x10\x04\x12\x12\n\x0e\x44\x41TA_TYPE_BOOL\x10\x05\x12\x14\n\x10\x44\x41TA_TYPE_STRING\x10\x06*c\n\x0b\x46\x65\x61tureType\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46\x45\x41TURE_TYPE_NUMERIC\x10\x01\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_CATEGORICAL\x10\x02\x42T\n\x12io.highpeaks.ml.v1P\x01Z<github.com/highpeaks/ml-platform/gen/go/highpeaks_ml/v1;mlv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,20 +32,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'highpeaks_ml.v1.common_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022io.highpeaks.ml.v1P\001Z<github.com/highpeaks/ml-platform/gen/go/highpeaks_ml/v1;mlv1'
-  _globals['_TASK']._serialized_start=570
-  _globals['_TASK']._serialized_end=644
-  _globals['_DATATYPE']._serialized_start=647
-  _globals['_DATATYPE']._serialized_end=814
-  _globals['_FEATURETYPE']._serialized_start=816
-  _globals['_FEATURETYPE']._serialized_end=915
+  _globals['_TASK']._serialized_start=594
+  _globals['_TASK']._serialized_end=668
+  _globals['_DATATYPE']._serialized_start=671
+  _globals['_DATATYPE']._serialized_end=838
+  _globals['_FEATURETYPE']._serialized_start=840
+  _globals['_FEATURETYPE']._serialized_end=939
   _globals['_MODELREF']._serialized_start=49
   _globals['_MODELREF']._serialized_end=121
   _globals['_TENSOR']._serialized_start=124
   _globals['_TENSOR']._serialized_end=344
   _globals['_FEATURE']._serialized_start=346
-  _globals['_FEATURE']._serialized_end=433
-  _globals['_TENSORSPEC']._serialized_start=435
-  _globals['_TENSORSPEC']._serialized_end=522
-  _globals['_STREAMERROR']._serialized_start=524
-  _globals['_STREAMERROR']._serialized_end=568
+  _globals['_FEATURE']._serialized_end=457
+  _globals['_TENSORSPEC']._serialized_start=459
+  _globals['_TENSORSPEC']._serialized_end=546
+  _globals['_STREAMERROR']._serialized_start=548
+  _globals['_STREAMERROR']._serialized_end=592
 # @@protoc_insertion_point(module_scope)

@@ -75,14 +75,16 @@ class Tensor(_message.Message):
     def __init__(self, data_type: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., float_values: _Optional[_Iterable[float]] = ..., double_values: _Optional[_Iterable[float]] = ..., int64_values: _Optional[_Iterable[int]] = ..., int32_values: _Optional[_Iterable[int]] = ..., bool_values: _Optional[_Iterable[bool]] = ..., string_values: _Optional[_Iterable[str]] = ..., raw_data: _Optional[bytes] = ...) -> None: ...
 
 class Feature(_message.Message):
-    __slots__ = ("name", "type", "categories")
+    __slots__ = ("name", "type", "categories", "allows_missing")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    ALLOWS_MISSING_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: FeatureType
     categories: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[FeatureType, str]] = ..., categories: _Optional[_Iterable[str]] = ...) -> None: ...
+    allows_missing: bool
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[FeatureType, str]] = ..., categories: _Optional[_Iterable[str]] = ..., allows_missing: _Optional[bool] = ...) -> None: ...
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "data_type", "shape")

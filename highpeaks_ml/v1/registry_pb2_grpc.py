@@ -76,6 +76,16 @@ class ModelRegistryServiceStub:
                 request_serializer=highpeaks__ml_dot_v1_dot_registry__pb2.DownloadModelVersionRequest.SerializeToString,
                 response_deserializer=highpeaks__ml_dot_v1_dot_registry__pb2.DownloadModelVersionResponse.FromString,
                 _registered_method=True)
+        self.GetVersionReport = channel.unary_stream(
+                '/highpeaks_ml.v1.ModelRegistryService/GetVersionReport',
+                request_serializer=highpeaks__ml_dot_v1_dot_registry__pb2.GetVersionReportRequest.SerializeToString,
+                response_deserializer=highpeaks__ml_dot_v1_dot_registry__pb2.GetVersionReportResponse.FromString,
+                _registered_method=True)
+        self.GetDriftReport = channel.unary_unary(
+                '/highpeaks_ml.v1.ModelRegistryService/GetDriftReport',
+                request_serializer=highpeaks__ml_dot_v1_dot_registry__pb2.GetDriftReportRequest.SerializeToString,
+                response_deserializer=highpeaks__ml_dot_v1_dot_registry__pb2.DriftReport.FromString,
+                _registered_method=True)
 
 
 class ModelRegistryServiceServicer:
@@ -105,7 +115,9 @@ class ModelRegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetAlias(self, request, context):
-        """Points an alias at a version, creating or moving it atomically.
+        """Points an alias at a version, creating or moving it atomically. The
+        version is loaded for serving first: FAILED_PRECONDITION (the alias
+        keeps its version) when it does not load, unless `force`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,7 +141,9 @@ class ModelRegistryServiceServicer:
     def ImportModel(self, request_iterator, context):
         """Registers an externally built ONNX model as the next version of a name.
         The first message carries `info`, the following ones `chunk`s of the
-        .onnx file (size-limited; checked with onnx.checker; no external data).
+        .onnx file (size-limited; checked with onnx.checker; no external data;
+        onnxruntime must load it and run it on one row, else INVALID_ARGUMENT
+        and nothing is stored).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,6 +152,26 @@ class ModelRegistryServiceServicer:
     def DownloadModelVersion(self, request, context):
         """Streams a version's ONNX file: the first message carries the version's
         metadata, the following ones the bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVersionReport(self, request, context):
+        """Streams part of a trained version's evaluation report (docs/insight.md):
+        the first message carries `info`, the following ones the bytes of the
+        self-contained HTML page, the numbers as JSON, or one figure (PNG).
+        NOT_FOUND for a version without a report (imported versions).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDriftReport(self, request, context):
+        """The drift of the inputs this server was asked to predict on, against the
+        version's training profile: a population stability index per feature over
+        the rolling window, highest first. NOT_FOUND for a version without a
+        training profile (imported versions).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -185,6 +219,16 @@ def add_ModelRegistryServiceServicer_to_server(servicer, server):
                     servicer.DownloadModelVersion,
                     request_deserializer=highpeaks__ml_dot_v1_dot_registry__pb2.DownloadModelVersionRequest.FromString,
                     response_serializer=highpeaks__ml_dot_v1_dot_registry__pb2.DownloadModelVersionResponse.SerializeToString,
+            ),
+            'GetVersionReport': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetVersionReport,
+                    request_deserializer=highpeaks__ml_dot_v1_dot_registry__pb2.GetVersionReportRequest.FromString,
+                    response_serializer=highpeaks__ml_dot_v1_dot_registry__pb2.GetVersionReportResponse.SerializeToString,
+            ),
+            'GetDriftReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDriftReport,
+                    request_deserializer=highpeaks__ml_dot_v1_dot_registry__pb2.GetDriftReportRequest.FromString,
+                    response_serializer=highpeaks__ml_dot_v1_dot_registry__pb2.DriftReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -405,6 +449,60 @@ class ModelRegistryService:
             '/highpeaks_ml.v1.ModelRegistryService/DownloadModelVersion',
             highpeaks__ml_dot_v1_dot_registry__pb2.DownloadModelVersionRequest.SerializeToString,
             highpeaks__ml_dot_v1_dot_registry__pb2.DownloadModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVersionReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/highpeaks_ml.v1.ModelRegistryService/GetVersionReport',
+            highpeaks__ml_dot_v1_dot_registry__pb2.GetVersionReportRequest.SerializeToString,
+            highpeaks__ml_dot_v1_dot_registry__pb2.GetVersionReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDriftReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/highpeaks_ml.v1.ModelRegistryService/GetDriftReport',
+            highpeaks__ml_dot_v1_dot_registry__pb2.GetDriftReportRequest.SerializeToString,
+            highpeaks__ml_dot_v1_dot_registry__pb2.DriftReport.FromString,
             options,
             channel_credentials,
             insecure,

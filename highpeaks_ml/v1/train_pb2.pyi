@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from highpeaks_ml.v1 import common_pb2 as _common_pb2
+from highpeaks_ml.v1 import search_pb2 as _search_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -49,6 +50,7 @@ class JobStage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STAGE_EXPORTING: _ClassVar[JobStage]
     JOB_STAGE_VERIFYING: _ClassVar[JobStage]
     JOB_STAGE_REGISTERING: _ClassVar[JobStage]
+    JOB_STAGE_SEARCHING: _ClassVar[JobStage]
 DATASET_FORMAT_UNSPECIFIED: DatasetFormat
 DATASET_FORMAT_CSV: DatasetFormat
 COLUMN_TYPE_UNSPECIFIED: ColumnType
@@ -72,6 +74,7 @@ JOB_STAGE_EVALUATING: JobStage
 JOB_STAGE_EXPORTING: JobStage
 JOB_STAGE_VERIFYING: JobStage
 JOB_STAGE_REGISTERING: JobStage
+JOB_STAGE_SEARCHING: JobStage
 
 class DatasetUploadInfo(_message.Message):
     __slots__ = ("name", "format", "sha256", "target_column")
@@ -104,7 +107,7 @@ class Column(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[ColumnType, str]] = ..., distinct_values: _Optional[int] = ...) -> None: ...
 
 class Dataset(_message.Message):
-    __slots__ = ("id", "name", "format", "size_bytes", "rows", "columns", "created_at", "created_by")
+    __slots__ = ("id", "name", "format", "size_bytes", "rows", "columns", "created_at", "created_by", "target_column")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +116,7 @@ class Dataset(_message.Message):
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    TARGET_COLUMN_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     format: DatasetFormat
@@ -121,7 +125,8 @@ class Dataset(_message.Message):
     columns: _containers.RepeatedCompositeFieldContainer[Column]
     created_at: _timestamp_pb2.Timestamp
     created_by: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., size_bytes: _Optional[int] = ..., rows: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ...) -> None: ...
+    target_column: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., size_bytes: _Optional[int] = ..., rows: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., target_column: _Optional[str] = ...) -> None: ...
 
 class GetDatasetRequest(_message.Message):
     __slots__ = ("id",)
@@ -202,7 +207,7 @@ class DatasetRef(_message.Message):
     def __init__(self, dataset_id: _Optional[str] = ..., builtin: _Optional[str] = ..., inline: _Optional[_Union[InlineDataset, _Mapping]] = ...) -> None: ...
 
 class StartTrainingRequest(_message.Message):
-    __slots__ = ("model_name", "algorithm", "hyperparameters", "dataset", "target_column", "task", "test_size", "seed", "idempotency_key", "aliases", "time_limit_seconds", "description", "feature_columns")
+    __slots__ = ("model_name", "algorithm", "hyperparameters", "dataset", "target_column", "task", "test_size", "seed", "idempotency_key", "aliases", "time_limit_seconds", "description", "feature_columns", "resources", "search", "promote_if_better")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +221,9 @@ class StartTrainingRequest(_message.Message):
     TIME_LIMIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     FEATURE_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    PROMOTE_IF_BETTER_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     algorithm: str
     hyperparameters: _struct_pb2.Struct
@@ -229,10 +237,31 @@ class StartTrainingRequest(_message.Message):
     time_limit_seconds: float
     description: str
     feature_columns: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_name: _Optional[str] = ..., algorithm: _Optional[str] = ..., hyperparameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., target_column: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.Task, str]] = ..., test_size: _Optional[float] = ..., seed: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., time_limit_seconds: _Optional[float] = ..., description: _Optional[str] = ..., feature_columns: _Optional[_Iterable[str]] = ...) -> None: ...
+    resources: JobResources
+    search: _search_pb2.SearchRequest
+    promote_if_better: str
+    def __init__(self, model_name: _Optional[str] = ..., algorithm: _Optional[str] = ..., hyperparameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., target_column: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.Task, str]] = ..., test_size: _Optional[float] = ..., seed: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., time_limit_seconds: _Optional[float] = ..., description: _Optional[str] = ..., feature_columns: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[JobResources, _Mapping]] = ..., search: _Optional[_Union[_search_pb2.SearchRequest, _Mapping]] = ..., promote_if_better: _Optional[str] = ...) -> None: ...
+
+class JobResources(_message.Message):
+    __slots__ = ("cpus", "memory_mb")
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    cpus: int
+    memory_mb: int
+    def __init__(self, cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ...) -> None: ...
+
+class JobPlacement(_message.Message):
+    __slots__ = ("backend", "node", "worker")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    node: str
+    worker: str
+    def __init__(self, backend: _Optional[str] = ..., node: _Optional[str] = ..., worker: _Optional[str] = ...) -> None: ...
 
 class TrainingJob(_message.Message):
-    __slots__ = ("id", "model_name", "algorithm", "state", "stage", "error", "model_version", "metrics", "request", "created_at", "started_at", "finished_at", "created_by", "task")
+    __slots__ = ("id", "model_name", "algorithm", "state", "stage", "error", "model_version", "metrics", "request", "created_at", "started_at", "finished_at", "created_by", "task", "resources", "placement", "search", "promotion")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +283,10 @@ class TrainingJob(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    PROMOTION_FIELD_NUMBER: _ClassVar[int]
     id: str
     model_name: str
     algorithm: str
@@ -268,7 +301,11 @@ class TrainingJob(_message.Message):
     finished_at: _timestamp_pb2.Timestamp
     created_by: str
     task: _common_pb2.Task
-    def __init__(self, id: _Optional[str] = ..., model_name: _Optional[str] = ..., algorithm: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stage: _Optional[_Union[JobStage, str]] = ..., error: _Optional[str] = ..., model_version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., request: _Optional[_Union[StartTrainingRequest, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.Task, str]] = ...) -> None: ...
+    resources: JobResources
+    placement: JobPlacement
+    search: _search_pb2.SearchProgress
+    promotion: _search_pb2.Promotion
+    def __init__(self, id: _Optional[str] = ..., model_name: _Optional[str] = ..., algorithm: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stage: _Optional[_Union[JobStage, str]] = ..., error: _Optional[str] = ..., model_version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., request: _Optional[_Union[StartTrainingRequest, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.Task, str]] = ..., resources: _Optional[_Union[JobResources, _Mapping]] = ..., placement: _Optional[_Union[JobPlacement, _Mapping]] = ..., search: _Optional[_Union[_search_pb2.SearchProgress, _Mapping]] = ..., promotion: _Optional[_Union[_search_pb2.Promotion, _Mapping]] = ...) -> None: ...
 
 class GetTrainingJobRequest(_message.Message):
     __slots__ = ("id",)

@@ -124,7 +124,9 @@ class TrainServiceServicer:
 
     def StartTraining(self, request, context):
         """Starts a training job and returns it at once (state QUEUED). With an
-        idempotency key already used, returns that key's job instead.
+        idempotency key already used, returns that key's job instead when the
+        parameters are the same, and FAILED_PRECONDITION (naming that job) when
+        they differ.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

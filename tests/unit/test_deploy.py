@@ -41,7 +41,12 @@ UID = 10001
 # kubernetes-validate knows.
 K8S_VERSIONS = ["1.30.0", kubernetes_validate.utils.latest_version()]
 # Secrets the operator creates (documented in docs/deploy.md): referenced, never rendered.
-OPERATOR_SECRETS = {"highpeaks-ml-jwt", "highpeaks-ml-tls"}
+OPERATOR_SECRETS = {"highpeaks-ml-jwt", "highpeaks-ml-tls", "highpeaks-ml-s3"}
+# Secrets KubeRay creates for a RayCluster with authOptions (named after it, key auth_token).
+KUBERAY_SECRETS = {"highpeaks-ml-ray"}
+# Custom resources, validated against their operator's published CRD schema (converted
+# to JSON Schema by scripts/kuberay_schema.py) instead of the Kubernetes API schemas.
+CRD_SCHEMAS = {("ray.io/v1", "RayCluster"): K8S / "schemas" / "raycluster-ray.io-v1.json"}
 JWT_SECRET_EXAMPLE = K8S / "examples" / "jwt-secret.yaml"
 
 
@@ -141,6 +146,8 @@ def _pod_env(name: str, dep: dict[str, Any]) -> dict[str, str]:
         env.update(configmaps[ref])
     secret = _example_secret()["stringData"]
     for item in container.get("env", []):
+        if not item["name"].startswith(ENV_PREFIX):
+            continue  # e.g. RAY_AUTH_TOKEN (overlays/ray): not a server setting
         if "value" in item:
             env[item["name"]] = item["value"]
         else:
@@ -187,7 +194,40 @@ def _cpu(quantity: str | int | float) -> float:
 
 def test_every_overlay_is_covered():
     assert "base" in KUSTOMIZATIONS
-    assert {"overlays/gpu", "overlays/scaled", "overlays/tls"} <= set(OVERLAYS)
+    assert {
+        "overlays/gpu",
+        "overlays/scaled",
+        "overlays/tls",
+        "overlays/ray",
+        "overlays/s3",
+    } <= set(OVERLAYS)
+
+
+@functools.cache
+def _crd_validator(api_version: str, kind: str) -> Any:
+    """A strict validator for a custom resource: the CRD's schema, plus
+    ``additionalProperties: false`` wherever it lists properties and keeps no unknown
+    fields (what ``kubectl apply --validate=strict`` enforces; the API server would
+    otherwise drop a misspelt field silently)."""
+    import jsonschema
+
+    def strict(node: Any) -> Any:
+        if isinstance(node, dict):
+            node = {k: strict(v) for k, v in node.items()}
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
+                node["additionalProperties"] = False
+            return node
+        if isinstance(node, list):
+            return [strict(v) for v in node]
+        return node
+
+    schema = strict(json.loads(CRD_SCHEMAS[(api_version, kind)].read_text()))
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
@@ -195,6 +235,12 @@ def test_renders_and_validates_strictly(name):
     objects = _render(name)
     assert objects
     for obj in objects:
+        if (obj["apiVersion"], obj["kind"]) in CRD_SCHEMAS:
+            errors = list(_crd_validator(obj["apiVersion"], obj["kind"]).iter_errors(obj))
+            assert not errors, f"k8s/{name}: {obj['kind']}/{obj['metadata']['name']}: " + (
+                "; ".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
+            )
+            continue
         for version in K8S_VERSIONS:
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
@@ -223,7 +269,9 @@ def test_example_secret_validates_and_holds_no_key():
 def test_everything_is_in_the_namespace(name):
     kinds = {o["kind"] for o in _render(name)}
     assert {"Namespace", "ServiceAccount", "ConfigMap", "Deployment", "Service"} <= kinds
-    assert {"PersistentVolumeClaim", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+    assert {"PodDisruptionBudget", "NetworkPolicy"} <= kinds
+    # Every overlay keeps its data on a claim, except the object-store one.
+    assert ("PersistentVolumeClaim" in kinds) == (name != "overlays/s3")
     for obj in _render(name):
         if obj["kind"] == "Namespace":
             assert obj["metadata"]["name"] == NAMESPACE
@@ -248,7 +296,7 @@ def test_references_resolve(name):
         for item in _container(dep).get("env", []):
             ref = item.get("valueFrom", {}).get("secretKeyRef")
             if ref:
-                assert ref["name"] in OPERATOR_SECRETS
+                assert ref["name"] in OPERATOR_SECRETS | KUBERAY_SECRETS
                 assert not ref.get("optional"), "a missing JWT setting must stop the pod"
 
 
@@ -318,8 +366,9 @@ def test_ports_probes_and_settings_agree(name, monkeypatch):
                     f"{f} is not in the Secret's mount {jwt_dir}"
                 )
                 assert Path(f).name in _example_secret()["stringData"]
-        # The data directory is the claim's mount.
-        data_volume = next(n for n, v in volumes.items() if "persistentVolumeClaim" in v)
+        # The data directory is the claim's mount (with an s3:// store: a scratch emptyDir).
+        data_kind = "emptyDir" if s.store else "persistentVolumeClaim"
+        data_volume = next(n for n, v in volumes.items() if n == "data" and data_kind in v)
         assert str(s.home) == mounts[data_volume]
         # Native gRPC probes on the gRPC port, or on the plaintext health port under TLS.
         probe_port = s.health_port or s.port
@@ -396,7 +445,7 @@ def test_service_routes_grpc_to_the_servers(name):
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_network_policy(name):
-    (policy,) = _objects(name, "NetworkPolicy")
+    policy = _one(name, "NetworkPolicy", "highpeaks-ml")
     spec = policy["spec"]
     for dep in _deployments(name):
         labels = dep["spec"]["template"]["metadata"]["labels"]
@@ -502,6 +551,178 @@ def test_scaled_serving_replicas_recycle_connections(monkeypatch):
     assert 60 <= s.max_connection_age_s <= 3600
     assert s.max_connection_age_grace_s >= s.grace_period_s
     _one(name, "Service", "highpeaks-ml-trainer")
+
+
+def test_s3_overlay_needs_no_shared_volume(monkeypatch):
+    name = "overlays/s3"
+    assert _objects(name, "PersistentVolumeClaim") == []
+    server = _one(name, "Deployment", "highpeaks-ml")
+    trainer = _one(name, "Deployment", "highpeaks-ml-trainer")
+    assert "replicas" not in server["spec"] and trainer["spec"]["replicas"] == 1
+    for dep in (server, trainer):
+        pod = dep["spec"]["template"]["spec"]
+        assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        s = _settings(name, dep, monkeypatch)
+        assert s.store.startswith("s3://") and s.store_poll_s > 0
+        # Credentials from the operator's Secret, as the standard AWS variables, not flags.
+        c = _container(dep)
+        refs = {
+            e["name"]: e["valueFrom"]["secretKeyRef"]
+            for e in c["env"]
+            if e["name"].startswith("AWS_")
+        }
+        assert set(refs) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        assert {r["name"] for r in refs.values()} == {"highpeaks-ml-s3"}
+        assert "s3://" not in " ".join(c.get("args", []) + c.get("command", []))
+        # The model cache fits its emptyDir, and the emptyDirs fit the ephemeral limit.
+        sizes = {
+            v["name"]: _bytes(v["emptyDir"]["sizeLimit"]) for v in pod["volumes"] if "emptyDir" in v
+        }
+        assert s.store_cache_mb * 2**20 < sizes["data"]
+        assert sum(sizes.values()) <= _bytes(c["resources"]["limits"]["ephemeral-storage"])
+    assert _pod_env(name, server)["HIGHPEAKS_ML_TRAINING_WORKERS"] == "0"
+    assert int(_pod_env(name, trainer)["HIGHPEAKS_ML_TRAINING_WORKERS"]) >= 1
+
+
+RAY = "overlays/ray"
+SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def _ray_cluster() -> dict[str, Any]:
+    (cluster,) = _objects(RAY, "RayCluster")
+    return cluster
+
+
+def _ray_pod_templates() -> dict[str, dict[str, Any]]:
+    spec = _ray_cluster()["spec"]
+    pods = {"head": spec["headGroupSpec"]["template"]}
+    for group in spec["workerGroupSpecs"]:
+        pods[group["groupName"]] = group["template"]
+    return pods
+
+
+def _pinned(package: str) -> str:
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.lower().startswith(f"{package}=="):
+            return line.split("==", 1)[1]
+    raise AssertionError(f"{package} is not pinned in constraints.txt")
+
+
+def test_crd_validation_catches_mistakes():
+    """The RayCluster check can fail: KubeRay's schema, strictly."""
+    import copy
+
+    cluster = _ray_cluster()
+    validator = _crd_validator(cluster["apiVersion"], cluster["kind"])
+    assert not list(validator.iter_errors(cluster))
+    schema = json.loads(CRD_SCHEMAS[("ray.io/v1", "RayCluster")].read_text())
+    assert "kuberay v1.7.0" in schema["$comment"]
+    bad = copy.deepcopy(cluster)
+    bad["spec"]["workerGroupSpecs"][0]["maxReplicas"] = "four"
+    bad["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Never"
+    bad["spec"]["authOptions"]["mode"] = "password"
+    messages = " ".join(e.message for e in validator.iter_errors(bad))
+    assert "'four' is not of type 'integer'" in messages
+    assert "imagePullPolcy" in messages
+    assert "'password' is not one of" in messages
+
+
+def test_ray_cluster_is_hardened_and_autoscales():
+    cluster = _ray_cluster()
+    spec = cluster["spec"]
+    assert cluster["metadata"]["namespace"] == NAMESPACE
+    # The image's Ray (KubeRay picks its probes from rayVersion).
+    assert spec["rayVersion"] == _pinned("ray")
+    assert spec["authOptions"] == {"mode": "token"}
+    assert spec["enableInTreeAutoscaling"] is True
+    # The head runs no training task.
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    (group,) = spec["workerGroupSpecs"]
+    assert group["minReplicas"] == 0 < group["maxReplicas"]
+    for name, template in _ray_pod_templates().items():
+        pod = template["spec"]
+        assert pod["automountServiceAccountToken"] is False, name
+        assert pod["enableServiceLinks"] is False, name
+        psc = pod["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] == UID, name
+        assert psc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (c,) = pod["containers"]
+        assert c["image"] == IMAGE and c["imagePullPolicy"] == "IfNotPresent", name
+        sc = c["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] == UID, name
+        assert sc["readOnlyRootFilesystem"] is True, name
+        assert sc["allowPrivilegeEscalation"] is False, name
+        assert sc["capabilities"] == {"drop": ["ALL"]}, name
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][kind]), (name, kind)
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        # Writable: Ray's session files in /tmp, its object store in /dev/shm.
+        assert "emptyDir" in volumes[mounts["/tmp"]], name
+        assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory", name
+        # No Kubernetes API token where jobs' code runs.
+        assert SA_TOKEN_DIR not in mounts, name
+    # Workers: requests equal limits (a job's CPUs are its own).
+    worker = group["template"]["spec"]["containers"][0]["resources"]
+    assert worker["requests"]["cpu"] == worker["limits"]["cpu"]
+    assert worker["requests"]["memory"] == worker["limits"]["memory"]
+    # Only the autoscaler gets an API token, projected into it alone.
+    auto = spec["autoscalerOptions"]
+    asc = auto["securityContext"]
+    assert asc["runAsNonRoot"] is True and asc["readOnlyRootFilesystem"] is True
+    assert asc["allowPrivilegeEscalation"] is False and asc["capabilities"] == {"drop": ["ALL"]}
+    assert asc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert {"cpu", "memory"} <= set(auto["resources"]["limits"])
+    token_mount = next(m for m in auto["volumeMounts"] if m["mountPath"] == SA_TOKEN_DIR)
+    head_volumes = {v["name"]: v for v in spec["headGroupSpec"]["template"]["spec"]["volumes"]}
+    sources = head_volumes[token_mount["name"]]["projected"]["sources"]
+    assert any("serviceAccountToken" in src for src in sources)
+
+
+def test_ray_overlay_points_the_trainer_at_the_cluster(monkeypatch):
+    cluster = _ray_cluster()
+    name = cluster["metadata"]["name"]
+    trainer = _one(RAY, "Deployment", "highpeaks-ml-trainer")
+    s = _settings(RAY, trainer, monkeypatch)
+    assert str(s.training_backend.value) == "ray"
+    # KubeRay's head Service is <cluster>-head-svc; the Ray client server port is 10001.
+    assert s.ray_address == f"ray://{name}-head-svc:10001"
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert _port(head, "client") == 10001
+    # Jobs at once: at most what the largest worker group offers, one CPU each.
+    (group,) = cluster["spec"]["workerGroupSpecs"]
+    cpus = _cpu(group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+    assert 1 <= s.training_workers <= group["maxReplicas"] * cpus
+    # The token KubeRay generates (authOptions), never a literal.
+    env = {e["name"]: e for e in _container(trainer)["env"]}
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": name, "key": "auth_token"}
+    # The serving replicas still neither train nor talk to Ray.
+    server = _one(RAY, "Deployment", "highpeaks-ml")
+    assert _pod_env(RAY, server)["HIGHPEAKS_ML_TRAINING_WORKERS"] == "0"
+    assert "RAY_AUTH_TOKEN" not in json.dumps(server)
+
+
+def test_ray_network_policy_admits_only_the_cluster_and_the_trainer():
+    cluster = _ray_cluster()
+    policy = _one(RAY, "NetworkPolicy", "highpeaks-ml-ray")
+    selector = {"ray.io/cluster": cluster["metadata"]["name"]}
+    assert policy["spec"]["podSelector"] == {"matchLabels": selector}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    trainer_labels = _one(RAY, "Deployment", "highpeaks-ml-trainer")["spec"]["template"][
+        "metadata"
+    ]["labels"]
+    rules = policy["spec"]["ingress"]
+    peers = [peer["podSelector"]["matchLabels"] for rule in rules for peer in rule["from"]]
+    assert selector in peers
+    assert len(peers) == 2  # nothing from other namespaces, nothing from the servers
+    trainer_rule = next(r for r in rules if r["from"][0]["podSelector"]["matchLabels"] != selector)
+    assert trainer_rule["from"][0]["podSelector"]["matchLabels"].items() <= trainer_labels.items()
+    assert trainer_rule["ports"] == [{"port": 10001, "protocol": "TCP"}]
+    # The servers' policy does not select Ray pods (it would close Ray's ports).
+    base = _one(RAY, "NetworkPolicy", "highpeaks-ml")["spec"]["podSelector"]["matchLabels"]
+    for template in _ray_pod_templates().values():
+        assert not base.items() <= template["metadata"]["labels"].items()
 
 
 # --- linters -------------------------------------------------------------------------
@@ -833,3 +1054,51 @@ def test_the_images_cuda_wheels_are_pinned_in_constraints():
         assert name in pinned, f"{name} is not pinned in constraints.txt (make lock)"
         assert req.specifier.contains(pinned[name]), (name, pinned[name], str(req.specifier))
     assert "scripts/pin_cuda_libs.py" in (ROOT / "Makefile").read_text()
+
+
+# --- examples -------------------------------------------------------------------
+
+NIGHTLY_RETRAIN_EXAMPLE = K8S / "examples" / "nightly-retrain.yaml"
+
+
+def test_nightly_retrain_example_is_valid_hardened_and_runs_the_cli():
+    docs = [d for d in yaml.safe_load_all(NIGHTLY_RETRAIN_EXAMPLE.read_text()) if d]
+    assert len(docs) == 1
+    cron = docs[0]
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(cron, version, strict=True)
+    assert (cron["kind"], cron["metadata"]["namespace"]) == ("CronJob", NAMESPACE)
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    job = cron["spec"]["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0  # a retry could train (and promote) twice
+    pod = job["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == UID
+    [c] = pod["containers"]
+    assert c["image"] == IMAGE  # the server's own image: its CLI
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["allowPrivilegeEscalation"] is False
+    # The pod is not one of the server's: no Service, PDB or policy selects it as a server.
+    server_labels = _one("base", "Service", "highpeaks-ml")["spec"]["selector"]
+    assert not server_labels.items() <= job["template"]["metadata"]["labels"].items()
+    # The command line is one the real CLI accepts, and asks for what the example says.
+    from highpeaks_ml.cli import build_parser
+    from highpeaks_ml.cli.train import search_from_args
+
+    assert c["command"] == ["highpeaks-ml"]
+    args = build_parser().parse_args(c["args"])
+    assert args.promote_if_better == "production" and args.wait
+    search = search_from_args(args)
+    assert search is not None and search["strategy"] == "random"
+    assert set(search["space"]) == {"n_estimators", "max_depth", "bootstrap"}
+    from highpeaks_ml.client import search_request
+
+    assert search_request(search).max_trials == 16
+    # It calls the Service (and port) the base renders.
+    host, _, port = args.target.partition(":")
+    service = _one("base", "Service", host)
+    assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+    token = {e["name"]: e for e in c["env"]}["HIGHPEAKS_ML_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token["optional"] is True  # absent with auth off

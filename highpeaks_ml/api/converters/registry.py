@@ -8,16 +8,18 @@ from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from highpeaks_ml.api.converters import search as search_conv
 from highpeaks_ml.errors import InvalidArgument
 from highpeaks_ml.registry.base import FeatureSpec, ModelInfo, TensorSpec, VersionMeta
 from highpeaks_ml.registry.importer import ImportInfo
+from highpeaks_ml.tensors import ELEMENT_TYPES
 from highpeaks_ml.v1 import common_pb2, registry_pb2
 
-#: (load_state, load_error, execution_provider) of a version in this server.
-LoadStatus = tuple[str, str, str]
+#: (load_state, load_error, execution_provider, held_targets) of a version in this server.
+LoadStatus = tuple[str, str, str, tuple[str, ...]]
 StatusFn = Callable[[str, int], LoadStatus]
 
-UNLOADED: LoadStatus = ("unloaded", "", "")
+UNLOADED: LoadStatus = ("unloaded", "", "", ())
 
 #: Domain task name ("" = not given) <-> the Task enum; shared by every converter.
 TASK_TO_PROTO = {
@@ -27,14 +29,8 @@ TASK_TO_PROTO = {
 }
 TASK_FROM_PROTO: dict[int, str] = {int(v): k for k, v in TASK_TO_PROTO.items()}
 
-DTYPE_TO_PROTO = {
-    "float32": common_pb2.DATA_TYPE_FLOAT32,
-    "float64": common_pb2.DATA_TYPE_FLOAT64,
-    "int64": common_pb2.DATA_TYPE_INT64,
-    "int32": common_pb2.DATA_TYPE_INT32,
-    "bool": common_pb2.DATA_TYPE_BOOL,
-    "string": common_pb2.DATA_TYPE_STRING,
-}
+#: Element type name -> the DataType enum (numbers from highpeaks_ml/tensors.py).
+DTYPE_TO_PROTO: dict[str, Any] = {e.name: e.proto for e in ELEMENT_TYPES}
 
 FEATURE_TO_PROTO = {
     "numeric": common_pb2.FEATURE_TYPE_NUMERIC,
@@ -68,6 +64,7 @@ _VERIFICATION_FIELDS: dict[str, type] = {
     "max_abs_diff": float,
     "tolerance": float,
     "passed": bool,
+    "rows_with_missing": int,
 }
 
 
@@ -97,6 +94,7 @@ def feature_to_proto(feature: FeatureSpec) -> common_pb2.Feature:
         name=feature.name,
         type=FEATURE_TO_PROTO.get(feature.type, common_pb2.FEATURE_TYPE_UNSPECIFIED),
         categories=list(feature.categories),
+        allows_missing=feature.allows_missing,
     )
 
 
@@ -112,7 +110,7 @@ def version_to_proto(
     meta: VersionMeta, aliases: Iterable[str] = (), status: LoadStatus = UNLOADED
 ) -> registry_pb2.ModelVersion:
     """VersionMeta (+ its aliases and load status in this server) -> ModelVersion."""
-    state, error, provider = status
+    state, error, provider, held = status
     msg = registry_pb2.ModelVersion(
         model_name=meta.model_name,
         version=meta.version,
@@ -136,6 +134,14 @@ def version_to_proto(
         load_state=LOAD_STATE_TO_PROTO.get(state, registry_pb2.LOAD_STATE_UNSPECIFIED),
         load_error=error,
         execution_provider=provider,
+        held_targets=list(held),
+        training_device=meta.training_device,
+        artifacts=[
+            registry_pb2.Artifact(
+                name=a.name, sha256=a.sha256, size_bytes=a.size_bytes, media_type=a.media_type
+            )
+            for a in meta.artifacts
+        ],
     )
     if meta.dataset:
         msg.dataset.CopyFrom(
@@ -145,6 +151,10 @@ def version_to_proto(
         msg.verification.CopyFrom(
             registry_pb2.Verification(**_pick(meta.verification, _VERIFICATION_FIELDS))
         )
+    if meta.search:
+        msg.search.CopyFrom(search_conv.result_to_proto(meta.search))
+    if meta.promotion:
+        msg.promotion.CopyFrom(search_conv.promotion_to_proto(meta.promotion))
     return msg
 
 
