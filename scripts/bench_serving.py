@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Serving benchmark on loopback: every number next to a baseline measured in the same run.
 
-    python scripts/bench_serving.py            # about 2 minutes on 2 cores
-    python scripts/bench_serving.py --quick    # about 40 seconds
+    python scripts/bench_serving.py                # about 3 minutes on 2 cores
+    python scripts/bench_serving.py --quick        # about 1 minute
+    python scripts/bench_serving.py --ratios-only  # only the table against the minimal server
+    python scripts/bench_serving.py --drift-only   # only drift profiling on against off
 
 What it does:
 
@@ -11,7 +13,23 @@ What it does:
    through the registry API (ImportModel) of a server started as a
    subprocess (``highpeaks-ml serve``, CPU provider, ``--rpc-log off`` so
    the per-RPC log line does not count).
-2. Prints one table (medians of repeated rounds, and ratios):
+2. Prints the targets' table first: the server against the minimal server
+   (``scripts/minimal_server.py``: grpc.aio, parse, onnxruntime inline,
+   answer; nothing else), both front doors (native Predict and the Open
+   Inference Protocol's ModelInfer), same run, calls interleaved:
+   batch-1 p50, requests/s with 8 concurrent batch-1 callers, server CPU per
+   call under those callers (utime+stime from /proc/<pid>/stat over the
+   window, divided by the calls answered), rows/s at batch 1,000, and the
+   first request after a new version loads against the steady p50 (and
+   against a request to a version already serving sent the same way: right
+   after a GetModelVersion call, which isolates what the load left undone
+   from what any request after a pause pays). The same table ends with two
+   defaults against servers without them (8 concurrent batch-1 callers,
+   windows alternating): tracing on at 1% sampling against off, and drift
+   profiling of served inputs on (the default) against ``--no-drift-enabled``
+   on a 20-feature logistic regression that each server trains itself (only
+   a trained version has a training profile); goal: drift on within 3%.
+3. Then one table (medians of repeated rounds, and ratios):
    - batch-1 unary latency p50/p99 against (a) onnxruntime called in this
      process on the same row and (b) a bare grpc.aio echo server (a
      subprocess, no interceptor, no protobuf) answering a payload of the
@@ -172,7 +190,7 @@ def _import(target: str, models: dict[str, Any]) -> None:
 
 
 def _request(name: str, x: np.ndarray) -> bytes:
-    from highpeaks_ml.api.converters.predict import build_request
+    from highpeaks_ml.client import build_request
 
     return bytes(build_request(name, x, raw=True).SerializeToString())
 
@@ -250,6 +268,384 @@ async def _rate(
         stop = True
         await asyncio.gather(*tasks, return_exceptions=True)
         return count / elapsed
+
+
+# --- against the minimal server (scripts/minimal_server.py) ---------------------
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+C8 = 8
+GOALS = {"p50": 1.15, "c8": 0.85, "cpu": 1.15, "big": 1.0, "first": 2.0}
+
+
+class Minimal:
+    """scripts/minimal_server.py as a subprocess, serving the given ONNX files."""
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        argv = [sys.executable, str(ROOT / "scripts" / "minimal_server.py")]
+        for name, path in files.items():
+            argv += ["--model", f"{name}={path}"]
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("PORT "):
+            raise RuntimeError("minimal server did not start")
+        self.target = f"127.0.0.1:{int(line.split()[1])}"
+        self.pid = self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of process ``pid`` (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _infer_request(name: str, x: np.ndarray, version: str = "") -> bytes:
+    from highpeaks_ml.api import oip_messages as msgs
+
+    req = msgs.ModelInferRequest(model_name=name, model_version=version)
+    req.inputs.add(name="input", datatype="FP32", shape=x.shape)
+    req.raw_input_contents.append(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+    return bytes(req.SerializeToString())
+
+
+def _native_request(name: str, x: np.ndarray, version: int | None = None) -> bytes:
+    from highpeaks_ml.client import build_request
+
+    return bytes(build_request(name, x, version=version, raw=True).SerializeToString())
+
+
+async def _rate_cpu(
+    target: str, method: str, payload: bytes, seconds: float, pid: int
+) -> tuple[float, float]:
+    """(requests/s, server CPU seconds per request) with C8 concurrent unary callers."""
+    from grpc import aio
+
+    async with aio.insecure_channel(target) as ch:
+        await ch.channel_ready()
+        call = ch.unary_unary(method)
+        done = 0
+        stop = False
+
+        async def worker() -> None:
+            nonlocal done
+            while not stop:
+                await call(payload)
+                done += 1
+
+        tasks = [asyncio.ensure_future(worker()) for _ in range(C8)]
+        await asyncio.sleep(min(0.5, seconds / 4))
+        n0, c0, t0 = done, _cpu_s(pid), time.perf_counter()
+        await asyncio.sleep(seconds)
+        n1, c1, t1 = done, _cpu_s(pid), time.perf_counter()
+        stop = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return (n1 - n0) / (t1 - t0), (c1 - c0) / max(1, n1 - n0)
+
+
+def _ratio(value: float, goal: float, higher_is_better: bool) -> str:
+    ok = value >= goal if higher_is_better else value <= goal
+    sign = ">=" if higher_is_better else "<="
+    return f"{value:.2f}x ({'met' if ok else 'NOT met'}: goal {sign} {goal:.2f}x)"
+
+
+def _first_call(
+    target: str, name: str, data: bytes, x1: np.ndarray, door: str, call: Any
+) -> tuple[float, float]:
+    """(first request to a new version, a request to a version already serving).
+
+    Imports ``data`` as a new version of ``name`` and waits until this server
+    has loaded it (it preloads a new latest) without predicting. Then, each
+    right after a GetModelVersion call (so both follow the same non-Predict
+    RPC, not a hot loop of Predicts): one request to version 1, which has
+    been serving all along (an alias keeps it loaded; a version nothing points
+    at is unloaded when the latest moves on), and the first request to the
+    new one, over ``call``, an open channel of the same front door.
+    """
+    from highpeaks_ml.client import Client
+    from highpeaks_ml.v1 import registry_pb2
+
+    def request(version: int) -> bytes:
+        if door == "v2":
+            return _infer_request(name, x1, str(version))
+        return _native_request(name, x1, version)
+
+    def timed(req: bytes) -> float:
+        t0 = time.perf_counter()
+        call(req)
+        return time.perf_counter() - t0
+
+    with Client(target) as c:
+        number = c.import_model(
+            name, data, task="classification", class_labels=["0", "1", "2"]
+        ).version
+        deadline = time.monotonic() + 60
+        while c.get_version(name, number).load_state != registry_pb2.LOAD_STATE_READY:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} version {number} did not load")
+            time.sleep(0.02)
+        old, new = request(1), request(number)
+        c.get_version(name, number)
+        warm = timed(old)
+        c.get_version(name, number)
+        first = timed(new)
+    return first, warm
+
+
+def _minimal_rows(
+    models: dict[str, tuple[bytes, np.ndarray, Any]], tmp: Path, quick: bool
+) -> list[tuple[str, ...]]:
+    """The targets' table: this server / the minimal server, per model and front door."""
+    from highpeaks_ml.client import Client
+
+    rounds = 3 if quick else 5
+    lat_per = 200 if quick else 500
+    rate_s = 1.0 if quick else 2.0
+    big_per = 5 if quick else 10
+    firsts = 3 if quick else 5
+    files = {}
+    for name, (data, _, _) in models.items():
+        files[name] = tmp / f"{name}.onnx"
+        files[name].write_bytes(data)
+    home = tmp / "home-ratios"
+    home.mkdir()
+    server = _server(home)
+    minimal = None
+    rows: list[tuple[str, ...]] = []
+    try:
+        minimal = Minimal(files)
+        _import(server.target, models)
+        servers = [(server.target, server.pid), (minimal.target, minimal.pid)]
+        for name, (data, X, _) in models.items():
+            x1 = X[:1]
+            xb = np.resize(X, (1000, N_FEATURES)).astype(np.float32)
+            for door, method, build in (
+                ("native", PREDICT, _native_request),
+                ("v2", INFER, _infer_request),
+            ):
+                req1, reqb = build(name, x1), build(name, xb)
+                calls = [_unary(t, method) for t, _ in servers]
+                lat: list[list[float]] = [[], []]
+                big: list[list[float]] = [[], []]
+                for _ in range(rounds):  # interleaved: noise on the shared machine hits both
+                    for i, (_, call) in enumerate(calls):
+                        lat[i] += _latencies(call, req1, lat_per)
+                    for i, (_, call) in enumerate(calls):
+                        big[i] += _latencies(call, reqb, big_per)
+                rate: list[list[float]] = [[], []]
+                cpu: list[list[float]] = [[], []]
+                for _ in range(max(2, rounds - 2)):
+                    for i, (target, pid) in enumerate(servers):
+                        r, c = asyncio.run(_rate_cpu(target, method, req1, rate_s, pid))
+                        rate[i].append(r)
+                        cpu[i].append(c)
+                # The first request after a new version loads (this server only).
+                call = calls[0][1]
+                with Client(server.target) as c:
+                    c.set_alias(name, "bench-warm", 1)  # stays loaded: the baseline
+                pairs = [
+                    _first_call(server.target, name, data, x1, door, call) for _ in range(firsts)
+                ]
+                steady = statistics.median(_latencies(call, req1, lat_per))
+                for ch, _ in calls:
+                    ch.close()
+                p50 = [statistics.median(v) for v in lat]
+                rps = [statistics.median(v) for v in rate]
+                cpus = [statistics.median(v) for v in cpu]
+                bigs = [1000 / statistics.median(v) for v in big]
+                f50 = statistics.median(p[0] for p in pairs)
+                w50 = statistics.median(p[1] for p in pairs)
+                label = f"{name} {door}"
+                rows += [
+                    (
+                        f"{label}: batch-1 p50",
+                        _fmt_us(p50[0]),
+                        f"minimal {_fmt_us(p50[1])}",
+                        _ratio(p50[0] / p50[1], GOALS["p50"], False),
+                    ),
+                    (
+                        f"{label}: req/s, {C8} callers, batch 1",
+                        f"{rps[0]:,.0f}",
+                        f"minimal {rps[1]:,.0f}",
+                        _ratio(rps[0] / rps[1], GOALS["c8"], True),
+                    ),
+                    (
+                        f"{label}: server CPU per batch-1 call ({C8} callers)",
+                        _fmt_us(cpus[0]),
+                        f"minimal {_fmt_us(cpus[1])}",
+                        _ratio(cpus[0] / cpus[1], GOALS["cpu"], False),
+                    ),
+                    (
+                        f"{label}: rows/s at batch 1,000",
+                        f"{bigs[0]:,.0f}",
+                        f"minimal {bigs[1]:,.0f}",
+                        _ratio(bigs[0] / bigs[1], GOALS["big"], True),
+                    ),
+                    (
+                        f"{label}: first request after a version loads (median of {firsts})",
+                        _fmt_us(f50),
+                        f"steady p50 {_fmt_us(steady)}; a serving version, same way {_fmt_us(w50)}",
+                        _ratio(f50 / steady, GOALS["first"], False)
+                        + f"; {f50 / w50:.2f}x the serving version",
+                    ),
+                ]
+    finally:
+        if minimal is not None:
+            minimal.stop()
+        server.stop(grace_s=20)
+    return rows
+
+
+def _tracing_rows(
+    models: dict[str, tuple[bytes, np.ndarray, Any]], tmp: Path, quick: bool
+) -> list[tuple[str, ...]]:
+    """Tracing on with 1% sampling (spans exported over OTLP/gRPC to a receiver in this
+    process) against off (the default), same run, c8 windows alternating."""
+    from tests.support.otlp_receiver import OtlpReceiver
+
+    rounds = 3 if quick else 5
+    rate_s = 1.0 if quick else 2.0
+    rows: list[tuple[str, ...]] = []
+    with OtlpReceiver() as receiver:
+        env = {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.01",
+        }
+        (tmp / "trace-off").mkdir()
+        (tmp / "trace-on").mkdir()
+        servers = [_server(tmp / "trace-off")]
+        try:
+            servers.append(
+                ServerProcess(tmp / "trace-on", "--rpc-log", "off", device="cpu", env=env)
+            )
+            for srv in servers:
+                _import(srv.target, models)
+            name, (_, X, _) = next(iter(models.items()))
+            req = _native_request(name, X[:1])
+            rate: list[list[float]] = [[], []]
+            cpu: list[list[float]] = [[], []]
+            for _ in range(rounds):
+                for i, srv in enumerate(servers):
+                    r, c = asyncio.run(_rate_cpu(srv.target, PREDICT, req, rate_s, srv.pid))
+                    rate[i].append(r)
+                    cpu[i].append(c)
+        finally:
+            for srv in servers:
+                srv.stop(grace_s=20)
+        exported = len(receiver.spans)
+    off, on = (statistics.median(v) for v in rate)
+    c_off, c_on = (statistics.median(v) for v in cpu)
+    rows.append(
+        (
+            f"{name} native: req/s, {C8} callers, tracing on (1% sampled, OTLP)",
+            f"{on:,.0f}",
+            f"tracing off {off:,.0f}",
+            f"{on / off:.2f}x; CPU/call {_fmt_us(c_on)} vs {_fmt_us(c_off)};"
+            f" {exported} spans exported",
+        )
+    )
+    return rows
+
+
+def _drift_cpu_per_request(X: np.ndarray, requests: int = 2000, rounds: int = 5) -> float:
+    """Drift's own CPU per batch-1 request, in this process (no network, no neighbours'
+    noise): the hot path's ``observe`` plus the background drain, PSI and gauges, run
+    as the server runs them (serving/drift.py) over a profile of ``X``."""
+    from highpeaks_ml import metrics
+    from highpeaks_ml.serving.drift import DriftMonitor, build_profile
+
+    profile = build_profile([(f"f{i}", "numeric", X[:, i]) for i in range(X.shape[1])])
+    monitor = DriftMonitor(on_psi=metrics.set_feature_drift)
+    vd = monitor.track("bench", 1, profile, tuple(("input", i) for i in range(X.shape[1])))
+    assert vd is not None
+    feeds = [{"input": X[i : i + 1].astype(np.float32)} for i in range(requests)]
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.thread_time()
+        for feed in feeds:
+            vd.observe(feed)
+        monitor.drain_all()
+        best = min(best, time.thread_time() - t0)
+    return best / requests
+
+
+def _drift_rows(tmp: Path, quick: bool) -> list[tuple[str, ...]]:
+    """Drift profiling on (the default) against off (``--no-drift-enabled``), same run:
+    a logistic regression on 20 features trained by each server (so the version has a
+    training profile, which imported models lack), c8 batch-1 windows in A/B/B/A order."""
+    from sklearn.datasets import make_classification
+
+    from highpeaks_ml.client import Client
+
+    rounds = 6 if quick else 16
+    rate_s = 1.0
+    X, y = make_classification(
+        n_samples=2000, n_features=N_FEATURES, n_informative=10, n_classes=3, random_state=1
+    )
+    csv = tmp / "drift-train.csv"
+    header = ",".join([*(f"f{i}" for i in range(N_FEATURES)), "y"])
+    np.savetxt(csv, np.column_stack([X, y]), delimiter=",", header=header, comments="", fmt="%.6g")
+    name = "bench-drift"
+    (tmp / "drift-on").mkdir()
+    (tmp / "drift-off").mkdir()
+    servers = [_server(tmp / "drift-on")]
+    rate: list[list[float]] = [[], []]
+    cpu: list[list[float]] = [[], []]
+    try:
+        servers.append(_server(tmp / "drift-off", "--no-drift-enabled"))
+        for srv in servers:
+            with Client(srv.target, timeout=300) as c:
+                dataset = c.upload_dataset(csv, target="y")
+                job = c.start_training(name, "logistic_regression", dataset.id, target="y")
+                final = c.wait_job(job.id, timeout=600)
+                if not final.model_version:
+                    raise RuntimeError(f"training the drift model failed: {final.error}")
+        req = _native_request(name, X[:1].astype(np.float32))
+        for r in range(rounds):
+            # A/B then B/A: a trend in the machine's load hits both alike.
+            order = (0, 1) if r % 2 == 0 else (1, 0)
+            for i in order:
+                srv = servers[i]
+                got, c_s = asyncio.run(_rate_cpu(srv.target, PREDICT, req, rate_s, srv.pid))
+                rate[i].append(got)
+                cpu[i].append(c_s)
+        with Client(servers[0].target) as c:
+            seen = c.get_drift(name).rows
+    finally:
+        for srv in servers:
+            srv.stop(grace_s=20)
+    on, off = (statistics.median(v) for v in rate)
+    c_on, c_off = (statistics.median(v) for v in cpu)
+    # Each round's two windows are neighbours in time: their ratio cancels most of
+    # the machine's drift; the median of those ratios is the figure.
+    paired = sorted(a / b for a, b in zip(rate[0], rate[1], strict=True))
+    ratio = statistics.median(paired)
+    quartiles = statistics.quantiles(paired, n=4)
+    own = _drift_cpu_per_request(X)
+    return [
+        (
+            f"{name} (trained, 20 features) native: req/s, {C8} callers, drift on (default)",
+            f"{on:,.0f}",
+            f"--no-drift-enabled {off:,.0f}",
+            f"{ratio:.3f}x ({'met' if ratio >= 0.97 else 'NOT met'}: goal >= 0.97x; median of"
+            f" {rounds} paired windows, quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f});"
+            f" CPU/call {_fmt_us(c_on)} vs {_fmt_us(c_off)}; {seen:,} rows profiled",
+        ),
+        (
+            f"{name}: drift's own CPU per batch-1 request (append + drain + PSI, in-process)",
+            f"{own * 1e6:.2f} µs",
+            f"server CPU/call, drift off {_fmt_us(c_off)}",
+            f"{own / c_off:.2%} of a call",
+        ),
+    ]
 
 
 def _fmt_us(s: float) -> str:
@@ -334,7 +730,13 @@ def _ab_rows(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shorter rounds (~40 s)")
+    parser.add_argument("--quick", action="store_true", help="shorter rounds (~1 minute)")
+    parser.add_argument(
+        "--ratios-only", action="store_true", help="only the table against the minimal server"
+    )
+    parser.add_argument(
+        "--drift-only", action="store_true", help="only drift profiling on against off"
+    )
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server is not None:
@@ -347,12 +749,25 @@ def main() -> int:
     rounds = 1 if args.quick else 3
     rows: list[tuple[str, str, str, str]] = []
 
+    tmp = Path(tempfile.mkdtemp(prefix="hp-bench-"))
+    if args.drift_only:
+        print(_table(_drift_rows(tmp, args.quick), ("measurement", "served", "baseline", "ratio")))
+        return 0
     print("training and exporting the models ...", file=sys.stderr)
     models = _models()
-    tmp = Path(tempfile.mkdtemp(prefix="hp-bench-"))
     home = tmp / "home"
     home.mkdir()
     requests1 = {name: _request(name, X[:1]) for name, (_, X, _) in models.items()}
+
+    ratio_rows = (
+        _minimal_rows(models, tmp, args.quick)
+        + _tracing_rows(models, tmp, args.quick)
+        + _drift_rows(tmp, args.quick)
+    )
+    print(_table(ratio_rows, ("measurement", "served", "minimal server (same run)", "ratio")))
+    print(flush=True)
+    if args.ratios_only:
+        return 0
 
     server = _server(home)
     try:
