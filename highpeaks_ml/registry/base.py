@@ -9,6 +9,7 @@ a shared backend can be added for scaled-out serving).
 from __future__ import annotations
 
 import abc
+import logging
 import re
 import shutil
 import tempfile
@@ -17,7 +18,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from highpeaks_ml.errors import InvalidArgument, NotFound, quote
+from highpeaks_ml.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    quote,
+)
+
+log = logging.getLogger("highpeaks_ml.registry")
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 RESERVED_ALIASES = frozenset({"latest"})
@@ -253,6 +262,117 @@ class _TempDirLease(ScratchLease):
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
+# --- helpers the store backends share ------------------------------------------------
+
+_SOURCES = frozenset({"trained", "imported"})
+_TASKS = frozenset({"classification", "regression", ""})
+
+
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)`` for metadata: numpy scalars/arrays and other simple
+    wrappers that training may hand over."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    return str(obj)
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` passes ``validate_name`` (for skipping foreign entries in listings)."""
+    try:
+        validate_name(name)
+    except InvalidArgument:
+        return False
+    return True
+
+
+def check_publish_args(
+    name: str,
+    meta: VersionMeta,
+    aliases: tuple[str, ...],
+    artifacts: Mapping[str, bytes] | None = None,
+) -> None:
+    """Validate a publish's name, aliases, artifact names (when given), source and task."""
+    validate_name(name)
+    for alias in aliases:
+        validate_alias(alias)
+    for artifact in artifacts or {}:
+        validate_artifact_name(artifact)
+    if meta.source not in _SOURCES:
+        raise InvalidArgument(f"invalid source {meta.source!r}: use 'trained' or 'imported'")
+    if meta.task not in _TASKS:
+        raise InvalidArgument(f"invalid task {meta.task!r}: use 'classification' or 'regression'")
+
+
+def check_model_digest(name: str, meta: VersionMeta, digest: str, size: int) -> None:
+    """Refuse an empty model file, or one whose sha256 is not the caller's ``meta.sha256``."""
+    if size == 0:
+        raise InvalidArgument("the model file is empty")
+    if meta.sha256 and meta.sha256.lower() != digest:
+        raise InvalidArgument(
+            f"sha256 mismatch for model {name!r}: expected {meta.sha256}, got {digest}"
+        )
+
+
+def find_version(info: ModelInfo, version: int) -> VersionMeta:
+    """The version numbered ``version`` of ``info``; NotFound when it has none."""
+    for meta in info.versions:
+        if meta.version == version:
+            return meta
+    raise NotFound(f"model {info.name!r} has no version {version}")
+
+
+def corrupt_version(meta: VersionMeta) -> Unavailable:
+    """Log and return the error for a version whose bytes fail their sha256 check."""
+    log.error(
+        "sha256 mismatch: refusing model version",
+        extra={"model": meta.model_name, "version": meta.version},
+    )
+    return Unavailable(
+        f"model {meta.model_name!r} version {meta.version} failed its integrity check"
+        " (sha256 mismatch); it is refused until restored or deleted"
+    )
+
+
+def unreadable_version(meta: VersionMeta, *, missing: bool = False) -> Unavailable:
+    """Log and return the error for a version whose file cannot be read (``missing``: the
+    storage says it is not there)."""
+    log.error(
+        "model file missing" if missing else "model file unreadable",
+        extra={"model": meta.model_name, "version": meta.version},
+    )
+    return Unavailable(
+        f"model {meta.model_name!r} version {meta.version} cannot be read from storage"
+    )
+
+
+def aliases_pointing_at(
+    name: str, version: int, aliases: Mapping[str, int], force: bool
+) -> list[str]:
+    """The aliases (sorted) that point at a version about to be deleted;
+    FailedPrecondition when there are some and the deletion is not ``force``d."""
+    pointing = sorted(a for a, v in aliases.items() if v == version)
+    if pointing and not force:
+        raise FailedPrecondition(
+            f"model {name!r} version {version} is aliased by {', '.join(pointing)};"
+            " move or delete those aliases first, or force the deletion"
+        )
+    return pointing
+
+
+def notify_listeners(listeners: list[Callable[[str], None]], name: str) -> None:
+    """Call every ``add_listener`` callback with ``name``; one failing is logged, not
+    raised, so that the others still run and the change itself stands."""
+    for cb in list(listeners):
+        try:
+            cb(name)
+        except Exception:
+            log.exception("registry listener failed for model %r", name)
+
+
 #: ``check(model_file, meta)`` before a version is published; raises to refuse it.
 PublishCheck = Callable[[Path, VersionMeta], None]
 
@@ -289,11 +409,26 @@ class ModelStore(abc.ABC):
     def get_model(self, name: str) -> ModelInfo:
         """One model; NotFound when it has no versions."""
 
-    @abc.abstractmethod
     def resolve(
         self, name: str, version: int | None = None, alias: str | None = None
     ) -> VersionMeta:
-        """A version by number, by alias, or the latest; NotFound when unknown."""
+        """A version by number, by alias (``latest`` = newest), or the latest; NotFound
+        when unknown. Backends answer it from ``get_model``."""
+        validate_name(name)
+        if version is not None and alias is not None:
+            raise InvalidArgument("give a version or an alias, not both")
+        if version is not None and (not isinstance(version, int) or version < 1):
+            raise InvalidArgument(f"invalid version {version!r}: versions start at 1")
+        if alias is not None and alias not in RESERVED_ALIASES:
+            validate_alias(alias)
+        info = self.get_model(name)
+        if version is not None:
+            return find_version(info, version)
+        if alias is not None and alias not in RESERVED_ALIASES:
+            if alias not in info.aliases:
+                raise NotFound(f"model {name!r} has no alias {alias!r}")
+            return find_version(info, info.aliases[alias])
+        return info.latest
 
     @abc.abstractmethod
     def read_model(self, name: str, version: int) -> bytes:

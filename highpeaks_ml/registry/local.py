@@ -54,15 +54,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from highpeaks_ml.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from highpeaks_ml.errors import InvalidArgument, NotFound, Unavailable
 from highpeaks_ml.registry.base import (
-    RESERVED_ALIASES,
     ArtifactInfo,
     ModelInfo,
     ModelStore,
     ScratchLease,
     VersionMeta,
+    aliases_pointing_at,
     artifact_media_type,
+    check_model_digest,
+    check_publish_args,
+    corrupt_version,
+    json_default,
+    notify_listeners,
+    unreadable_version,
+    valid_name,
     validate_alias,
     validate_artifact_name,
     validate_name,
@@ -81,8 +88,6 @@ SCRATCH_PREFIX = "registry-"
 _TRASH_PREFIX = ".trash-"
 _TMP_SUFFIX = TMP_SUFFIX
 _READ_CHUNK = 1024 * 1024
-_SOURCES = frozenset({"trained", "imported"})
-_TASKS = frozenset({"classification", "regression", ""})
 
 
 # --- small filesystem helpers ------------------------------------------------
@@ -99,17 +104,6 @@ def _mkdirs(path: Path) -> None:
         with contextlib.suppress(FileExistsError):
             d.mkdir()
         fsync_dir(d.parent)
-
-
-def _json_default(obj: Any) -> Any:
-    # numpy scalars/arrays and other simple wrappers that training may hand over.
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    return str(obj)
 
 
 def _remove(path: Path) -> None:
@@ -246,7 +240,7 @@ class LocalModelStore(ModelStore):
         if self.models_dir.is_dir():
             for name in sorted(os.listdir(self.models_dir)):
                 model_dir = self.models_dir / name
-                if not model_dir.is_dir() or not _valid_name(name):
+                if not model_dir.is_dir() or not valid_name(name):
                     continue
                 with _flocked(model_dir / LOCK_FILE, wait=False) as locked:
                     if not locked:
@@ -296,11 +290,7 @@ class LocalModelStore(ModelStore):
         with self._lock:
             self._cache.pop(name, None)
             self._names = None
-        for cb in list(self._listeners):
-            try:
-                cb(name)
-            except Exception:
-                log.exception("registry listener failed for model %r", name)
+        notify_listeners(self._listeners, name)
 
     # --- reads -------------------------------------------------------------
 
@@ -328,7 +318,7 @@ class LocalModelStore(ModelStore):
                 self._names = (sig, now, names[2])
             return names[2]
         try:
-            found = sorted(n for n in os.listdir(self.models_dir) if _valid_name(n))
+            found = sorted(n for n in os.listdir(self.models_dir) if valid_name(n))
         except FileNotFoundError:
             found = []
         with self._lock:
@@ -343,26 +333,6 @@ class LocalModelStore(ModelStore):
             raise NotFound(f"model {name!r} not found")
         return info
 
-    def resolve(
-        self, name: str, version: int | None = None, alias: str | None = None
-    ) -> VersionMeta:
-        """A version by number, by alias (``latest`` = newest), or the latest."""
-        validate_name(name)
-        if version is not None and alias is not None:
-            raise InvalidArgument("give a version or an alias, not both")
-        if version is not None and (not isinstance(version, int) or version < 1):
-            raise InvalidArgument(f"invalid version {version!r}: versions start at 1")
-        if alias is not None and alias not in RESERVED_ALIASES:
-            validate_alias(alias)
-        info = self.get_model(name)
-        if version is not None:
-            return _find_version(info, version)
-        if alias is not None and alias not in RESERVED_ALIASES:
-            if alias not in info.aliases:
-                raise NotFound(f"model {name!r} has no alias {alias!r}")
-            return _find_version(info, info.aliases[alias])
-        return info.latest
-
     def read_model(self, name: str, version: int) -> bytes:
         """The bytes of model.onnx, checked against the stored sha256."""
         meta = self.resolve(name, version)
@@ -370,9 +340,9 @@ class LocalModelStore(ModelStore):
         try:
             data = path.read_bytes()
         except OSError:
-            raise _unreadable(meta) from None
+            raise unreadable_version(meta) from None
         if len(data) != meta.size_bytes or hashlib.sha256(data).hexdigest() != meta.sha256:
-            raise _corrupt(meta)
+            raise corrupt_version(meta)
         return data
 
     def iter_model_chunks(self, name: str, version: int, chunk_size: int) -> Iterator[bytes]:
@@ -384,10 +354,10 @@ class LocalModelStore(ModelStore):
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed in the generator below
         except OSError:
-            raise _unreadable(meta) from None
+            raise unreadable_version(meta) from None
         try:
             if not _file_matches(f, meta):
-                raise _corrupt(meta)
+                raise corrupt_version(meta)
         except BaseException:
             f.close()
             raise
@@ -506,7 +476,7 @@ class LocalModelStore(ModelStore):
     ) -> VersionMeta:
         """Register ``onnx_bytes`` (and ``artifacts``) as the next version of ``name``
         (see the module doc)."""
-        _check_publish_args(name, meta, aliases)
+        check_publish_args(name, meta, aliases)
         _check_artifact_names(artifacts)
         if not onnx_bytes:
             raise InvalidArgument("the model file is empty")
@@ -540,7 +510,7 @@ class LocalModelStore(ModelStore):
         removed): after a successful call ``onnx_path`` no longer exists. If
         ``meta.sha256`` is set it must match the file (InvalidArgument otherwise).
         """
-        _check_publish_args(name, meta, aliases)
+        check_publish_args(name, meta, aliases)
         _check_artifact_names(artifacts)
         src = Path(onnx_path)
         if not src.is_file():
@@ -564,12 +534,7 @@ class LocalModelStore(ModelStore):
                         size += len(block)
                     os.fsync(f.fileno())
                 digest = h.hexdigest()
-                if size == 0:
-                    raise InvalidArgument("the model file is empty")
-                if meta.sha256 and meta.sha256.lower() != digest:
-                    raise InvalidArgument(
-                        f"sha256 mismatch for model {name!r}: expected {meta.sha256}, got {digest}"
-                    )
+                check_model_digest(name, meta, digest, size)
                 meta = replace(meta, artifacts=_stage_artifacts(lease.path, artifacts))
                 # Outside the model's lock: the check may take seconds.
                 self.check_publishable(
@@ -610,7 +575,7 @@ class LocalModelStore(ModelStore):
                     sha256=digest,
                     size_bytes=size,
                 )
-                body = json.dumps(stored.to_dict(), indent=2, default=_json_default)
+                body = json.dumps(stored.to_dict(), indent=2, default=json_default)
                 with open(staging / META_FILE, "w", encoding="utf-8") as f:
                     f.write(body)
                     f.flush()
@@ -707,12 +672,7 @@ class LocalModelStore(ModelStore):
             if not target.is_dir():
                 self._raise_missing(name, version)
             current = _read_aliases(model_dir)
-            pointing = sorted(a for a, v in current.items() if v == version)
-            if pointing and not force:
-                raise FailedPrecondition(
-                    f"model {name!r} version {version} is aliased by {', '.join(pointing)};"
-                    " move or delete those aliases first, or force the deletion"
-                )
+            pointing = aliases_pointing_at(name, version, current, force)
             # Record the high-water mark before the version disappears, so
             # its number is never allocated again.
             high = self._next_version(model_dir) - 1
@@ -742,24 +702,6 @@ class LocalModelStore(ModelStore):
 
 
 # --- module helpers ------------------------------------------------------------
-
-
-def _valid_name(name: str) -> bool:
-    try:
-        validate_name(name)
-    except InvalidArgument:
-        return False
-    return True
-
-
-def _check_publish_args(name: str, meta: VersionMeta, aliases: tuple[str, ...]) -> None:
-    validate_name(name)
-    for alias in aliases:
-        validate_alias(alias)
-    if meta.source not in _SOURCES:
-        raise InvalidArgument(f"invalid source {meta.source!r}: use 'trained' or 'imported'")
-    if meta.task not in _TASKS:
-        raise InvalidArgument(f"invalid task {meta.task!r}: use 'classification' or 'regression'")
 
 
 def _check_artifact_names(artifacts: Mapping[str, bytes] | None) -> None:
@@ -824,38 +766,13 @@ def _read_aliases(model_dir: Path) -> dict[str, int]:
     return {
         str(a): int(v)
         for a, v in aliases.items()
-        if isinstance(v, int) and not isinstance(v, bool) and _valid_name(str(a))
+        if isinstance(v, int) and not isinstance(v, bool) and valid_name(str(a))
     }
 
 
 def _write_aliases(model_dir: Path, aliases: dict[str, int]) -> None:
     body = json.dumps({"aliases": dict(sorted(aliases.items()))}, indent=2) + "\n"
     write_atomic(model_dir / ALIASES_FILE, body.encode())
-
-
-def _find_version(info: ModelInfo, version: int) -> VersionMeta:
-    for meta in info.versions:
-        if meta.version == version:
-            return meta
-    raise NotFound(f"model {info.name!r} has no version {version}")
-
-
-def _corrupt(meta: VersionMeta) -> Unavailable:
-    log.error(
-        "sha256 mismatch: refusing model version",
-        extra={"model": meta.model_name, "version": meta.version},
-    )
-    return Unavailable(
-        f"model {meta.model_name!r} version {meta.version} failed its integrity check"
-        " (sha256 mismatch); it is refused until restored or deleted"
-    )
-
-
-def _unreadable(meta: VersionMeta) -> Unavailable:
-    log.error("model file unreadable", extra={"model": meta.model_name, "version": meta.version})
-    return Unavailable(
-        f"model {meta.model_name!r} version {meta.version} cannot be read from storage"
-    )
 
 
 def _file_matches(f: IO[bytes], meta: VersionMeta) -> bool:

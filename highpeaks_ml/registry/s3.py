@@ -72,13 +72,20 @@ from obstore.store import S3Store
 
 from highpeaks_ml.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from highpeaks_ml.registry.base import (
-    RESERVED_ALIASES,
     ArtifactInfo,
     ModelInfo,
     ModelStore,
     ScratchLease,
     VersionMeta,
+    aliases_pointing_at,
     artifact_media_type,
+    check_model_digest,
+    check_publish_args,
+    corrupt_version,
+    json_default,
+    notify_listeners,
+    unreadable_version,
+    valid_name,
     validate_alias,
     validate_artifact_name,
     validate_name,
@@ -95,8 +102,6 @@ ALIASES_FILE = "aliases.json"
 ORPHAN_AGE_S = 24 * 3600.0
 #: Conditional-write retries before giving up (each one means another writer won a race).
 _MAX_CONFLICTS = 50
-_SOURCES = frozenset({"trained", "imported"})
-_TASKS = frozenset({"classification", "regression", ""})
 
 
 # --- the connection ----------------------------------------------------------------
@@ -262,19 +267,9 @@ def get_json(store: S3Store, key: str) -> tuple[Any, str] | None:
 
 def put_json(store: S3Store, key: str, doc: Any, mode: Any = None) -> str:
     """Write a JSON document (``mode``: "create", {"e_tag": ...} or None); its new etag."""
-    body = json.dumps(doc, indent=1, sort_keys=True, default=_json_default).encode()
+    body = json.dumps(doc, indent=1, sort_keys=True, default=json_default).encode()
     result = obstore.put(store, key, body, mode=mode)
     return str(result.get("e_tag") or "")
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    return str(obj)
 
 
 # --- the model store ---------------------------------------------------------------
@@ -399,11 +394,7 @@ class S3ModelStore(ModelStore):
         self._listeners.append(callback)
 
     def _changed(self, name: str) -> None:
-        for cb in list(self._listeners):
-            try:
-                cb(name)
-            except Exception:
-                log.exception("registry listener failed for model %r", name)
+        notify_listeners(self._listeners, name)
 
     def _count(self, kind: str, n: int = 1) -> None:
         self.requests[kind] = self.requests.get(kind, 0) + n
@@ -455,7 +446,7 @@ class S3ModelStore(ModelStore):
             pages += 1
             for obj in batch:
                 parts = obj["path"].split("/")
-                if len(parts) < 3 or not _valid_name(parts[1]):
+                if len(parts) < 3 or not valid_name(parts[1]):
                     continue
                 listed.setdefault(parts[1], {})["/".join(parts[2:])] = str(obj["e_tag"] or "")
         self._count("list", max(pages, 1))
@@ -554,26 +545,6 @@ class S3ModelStore(ModelStore):
             raise NotFound(f"model {name!r} not found")
         return info
 
-    def resolve(
-        self, name: str, version: int | None = None, alias: str | None = None
-    ) -> VersionMeta:
-        """A version by number, by alias (``latest`` = newest), or the latest."""
-        validate_name(name)
-        if version is not None and alias is not None:
-            raise InvalidArgument("give a version or an alias, not both")
-        if version is not None and (not isinstance(version, int) or version < 1):
-            raise InvalidArgument(f"invalid version {version!r}: versions start at 1")
-        if alias is not None and alias not in RESERVED_ALIASES:
-            validate_alias(alias)
-        info = self.get_model(name)
-        if version is not None:
-            return _find_version(info, version)
-        if alias is not None and alias not in RESERVED_ALIASES:
-            if alias not in info.aliases:
-                raise NotFound(f"model {name!r} has no alias {alias!r}")
-            return _find_version(info, info.aliases[alias])
-        return info.latest
-
     def _upload_of(self, name: str, version: int) -> str:
         with self._lock:
             model = self._models.get(name)
@@ -599,11 +570,11 @@ class S3ModelStore(ModelStore):
             self._count("get")
             data = bytes(obstore.get(self.store, _blob_key(name, upload, MODEL_FILE)).bytes())
         except (FileNotFoundError, NotFoundError):
-            raise _unreadable(meta) from None
+            raise unreadable_version(meta, missing=True) from None
         except Exception as exc:
             raise unavailable(exc, f"loading model {name!r} version {version}") from None
         if not _matches(data, meta.size_bytes, meta.sha256):
-            raise _corrupt(meta)
+            raise corrupt_version(meta)
         self._cache_put(cached, data)
         return data
 
@@ -680,7 +651,7 @@ class S3ModelStore(ModelStore):
         artifacts: Mapping[str, bytes] | None = None,
     ) -> VersionMeta:
         """Register ``onnx_bytes`` (and ``artifacts``) as the next version of ``name``."""
-        _check_publish_args(name, meta, aliases, artifacts)
+        check_publish_args(name, meta, aliases, artifacts)
         if not onnx_bytes:
             raise InvalidArgument("the model file is empty")
         digest = hashlib.sha256(onnx_bytes).hexdigest()
@@ -703,7 +674,7 @@ class S3ModelStore(ModelStore):
         artifacts: Mapping[str, bytes] | None = None,
     ) -> VersionMeta:
         """Register the file at ``onnx_path``; it is removed after a successful publish."""
-        _check_publish_args(name, meta, aliases, artifacts)
+        check_publish_args(name, meta, aliases, artifacts)
         src = Path(onnx_path)
         if not src.is_file():
             raise InvalidArgument("the model file to publish does not exist")
@@ -714,12 +685,7 @@ class S3ModelStore(ModelStore):
                 h.update(block)
                 size += len(block)
         digest = h.hexdigest()
-        if size == 0:
-            raise InvalidArgument("the model file is empty")
-        if meta.sha256 and meta.sha256.lower() != digest:
-            raise InvalidArgument(
-                f"sha256 mismatch for model {name!r}: expected {meta.sha256}, got {digest}"
-            )
+        check_model_digest(name, meta, digest, size)
         self.check_publishable(src, replace(meta, model_name=name, sha256=digest, size_bytes=size))
         stored = self._commit(name, src, digest, size, meta, aliases, artifacts)
         src.unlink(missing_ok=True)
@@ -892,12 +858,7 @@ class S3ModelStore(ModelStore):
         upload = model.uploads[version]
 
         def unpoint(current: dict[str, int]) -> list[str]:
-            pointing = sorted(a for a, v in current.items() if v == version)
-            if pointing and not force:
-                raise FailedPrecondition(
-                    f"model {name!r} version {version} is aliased by {', '.join(pointing)};"
-                    " move or delete those aliases first, or force the deletion"
-                )
+            pointing = aliases_pointing_at(name, version, current, force)
             for a in pointing:
                 del current[a]
             return pointing
@@ -970,59 +931,12 @@ def _parse_aliases(doc: Any) -> dict[str, int]:
     return {
         str(a): int(v)
         for a, v in aliases.items()
-        if isinstance(v, int) and not isinstance(v, bool) and _valid_name(str(a))
+        if isinstance(v, int) and not isinstance(v, bool) and valid_name(str(a))
     }
-
-
-def _valid_name(name: str) -> bool:
-    try:
-        validate_name(name)
-    except InvalidArgument:
-        return False
-    return True
-
-
-def _check_publish_args(
-    name: str, meta: VersionMeta, aliases: tuple[str, ...], artifacts: Mapping[str, bytes] | None
-) -> None:
-    validate_name(name)
-    for alias in aliases:
-        validate_alias(alias)
-    for artifact in artifacts or {}:
-        validate_artifact_name(artifact)
-    if meta.source not in _SOURCES:
-        raise InvalidArgument(f"invalid source {meta.source!r}: use 'trained' or 'imported'")
-    if meta.task not in _TASKS:
-        raise InvalidArgument(f"invalid task {meta.task!r}: use 'classification' or 'regression'")
 
 
 def _matches(data: bytes, size: int, digest: str) -> bool:
     return len(data) == size and hashlib.sha256(data).hexdigest() == digest
-
-
-def _find_version(info: ModelInfo, version: int) -> VersionMeta:
-    for meta in info.versions:
-        if meta.version == version:
-            return meta
-    raise NotFound(f"model {info.name!r} has no version {version}")
-
-
-def _corrupt(meta: VersionMeta) -> Unavailable:
-    log.error(
-        "sha256 mismatch: refusing model version",
-        extra={"model": meta.model_name, "version": meta.version},
-    )
-    return Unavailable(
-        f"model {meta.model_name!r} version {meta.version} failed its integrity check"
-        " (sha256 mismatch); it is refused until restored or deleted"
-    )
-
-
-def _unreadable(meta: VersionMeta) -> Unavailable:
-    log.error("model file missing", extra={"model": meta.model_name, "version": meta.version})
-    return Unavailable(
-        f"model {meta.model_name!r} version {meta.version} cannot be read from storage"
-    )
 
 
 __all__ = ["S3Location", "S3ModelStore", "check_access", "connect"]
