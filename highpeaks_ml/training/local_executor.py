@@ -212,20 +212,15 @@ class LocalExecutor:
             # Off the loop: the first trial of a job on a worker carries the dataset's bytes.
             await asyncio.to_thread(_send, w.conn, ("trial", spec))
             while True:
-                event = await self._wait(w, never)
+                event, kind, payload = await self._receive(w, never)
                 if event == "message":
-                    try:
-                        kind, payload = await asyncio.to_thread(w.conn.recv)
-                    except (EOFError, OSError):
-                        event = "died"
-                    else:
-                        if kind != "trial":
-                            continue
-                        w.data_of = spec.job_id
-                        if payload.state == "FAILED" and "memory limit" in payload.error:
-                            await self._replace(index, kill=False)  # it exits after reporting
-                        result: TrialResult = payload
-                        return result
+                    if kind != "trial":
+                        continue
+                    w.data_of = spec.job_id
+                    if payload.state == "FAILED" and "memory limit" in payload.error:
+                        await self._replace(index, kill=False)  # it exits after reporting
+                    result: TrialResult = payload
+                    return result
                 if event == "died":
                     code = await self._replace(index)
                     log.error(
@@ -276,22 +271,17 @@ class LocalExecutor:
         await asyncio.wait({sending, cancelled}, return_when=asyncio.FIRST_COMPLETED)
         cancelled.cancel()
         while True:
-            event = await self._wait(w, cancel)
+            event, kind, payload = await self._receive(w, cancel)
             if event == "message":
-                try:
-                    kind, payload = await asyncio.to_thread(w.conn.recv)
-                except (EOFError, OSError):
-                    event = "died"
-                else:
-                    if kind != "event":
-                        continue
-                    if isinstance(payload, StageChanged):
-                        yield payload
-                        continue
-                    if isinstance(payload, Failed) and "memory limit" in payload.reason:
-                        await self._replace(index, kill=False)  # it exits after reporting
+                if kind != "event":
+                    continue
+                if isinstance(payload, StageChanged):
                     yield payload
-                    return
+                    continue
+                if isinstance(payload, Failed) and "memory limit" in payload.reason:
+                    await self._replace(index, kill=False)  # it exits after reporting
+                yield payload
+                return
             if event == "died":
                 code = await self._replace(index)
                 log.error("training worker died during job %s (exit code %s)", spec.job_id, code)
@@ -341,6 +331,18 @@ class LocalExecutor:
         if index < len(self._workers):
             self._workers[index] = None if self._closed else _Worker(self._ctx, self.settings)
         return code
+
+    async def _receive(self, w: _Worker, cancel: asyncio.Event) -> tuple[str, str, Any]:
+        """The worker's next message as ``("message", kind, payload)``, or ``("died", "",
+        None)`` (also when the pipe breaks mid-message) or ``("cancel", "", None)``."""
+        event = await self._wait(w, cancel)
+        if event != "message":
+            return event, "", None
+        try:
+            kind, payload = await asyncio.to_thread(w.conn.recv)
+        except (EOFError, OSError):
+            return "died", "", None
+        return event, kind, payload
 
     async def _wait(self, w: _Worker, cancel: asyncio.Event, within_s: float | None = None) -> str:
         """'message', 'died', 'cancel' or 'timeout', whichever comes first."""
