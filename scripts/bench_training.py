@@ -56,8 +56,9 @@ def _table(rows: int, cols: int, path: Path) -> None:
     frame.to_csv(path, index=False, float_format="%.6g")
 
 
-def _bare_fit(path: Path) -> tuple[float, float]:
-    """(seconds to read+prepare, seconds to fit) with the job's split and defaults."""
+def _bare_fit(path: Path, cpus: int = 1) -> tuple[float, float, float]:
+    """(seconds to read+prepare, to fit, to export with skl2onnx) with the job's split,
+    the catalogue's defaults and ``n_jobs=cpus`` (what a job with that CPU request gets)."""
     from highpeaks_ml.training import catalogue, pipeline
     from highpeaks_ml.training.datasets import analyse_csv, load_csv_frame
 
@@ -69,11 +70,18 @@ def _bare_fit(path: Path) -> tuple[float, float]:
     X_train, _, y_train, _ = pipeline.split(data, 0.2, 0)
     algo = catalogue.get_algorithm("random_forest")
     model = algo.build("classification", algo.validate("classification", {}), 0)
+    if "n_jobs" in model.get_params():
+        model.set_params(n_jobs=cpus)
     X = X_train.to_numpy(dtype="float64")
     prepared = time.perf_counter() - t0
     t1 = time.perf_counter()
     model.fit(X, y_train)
-    return prepared, time.perf_counter() - t1
+    fit_s = time.perf_counter() - t1
+    from skl2onnx import to_onnx
+
+    t2 = time.perf_counter()
+    to_onnx(model, X[:1].astype("float32"), options={"zipmap": False})
+    return prepared, fit_s, time.perf_counter() - t2
 
 
 def _serve(home: Path) -> tuple[subprocess.Popen[bytes], str, Any]:
@@ -97,7 +105,7 @@ def _serve(home: Path) -> tuple[subprocess.Popen[bytes], str, Any]:
     raise TimeoutError("server did not start")
 
 
-def _job(path: Path, home: Path) -> dict[str, Any]:
+def _job(path: Path, home: Path, cpus: int = 1) -> dict[str, Any]:
     from highpeaks_ml.client import Client
     from highpeaks_ml.v1 import train_pb2
 
@@ -110,7 +118,7 @@ def _job(path: Path, home: Path) -> dict[str, Any]:
             t0 = time.perf_counter()
             ds = c.upload_dataset(path)
             upload_s = time.perf_counter() - t0
-            job = c.start_training("bench", "random_forest", ds.id)
+            job = c.start_training("bench", "random_forest", ds.id, cpus=cpus)
             stamps: list[tuple[str, float]] = []
             for snap in c.watch_job(job.id):
                 name = train_pb2.JobState.Name(snap.state).removeprefix("JOB_STATE_")
@@ -143,7 +151,7 @@ def _job(path: Path, home: Path) -> dict[str, Any]:
     }
 
 
-def bench(rows: int, cols: int) -> None:
+def bench(rows: int, cols: int, cpus: int = 1) -> None:
     """Print the job-vs-bare-fit comparison."""
     import platform
 
@@ -155,12 +163,13 @@ def bench(rows: int, cols: int) -> None:
         print(f"data: {rows} rows x {cols} features + target, {csv.stat().st_size:,} bytes CSV"
               f" (generated in {time.perf_counter() - t0:.1f} s)")  # fmt: skip
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-        prep_s, fit_s = _bare_fit(csv)
-        print(f"bare scikit-learn: read+prepare {prep_s:.2f} s, fit {fit_s:.2f} s"
-              " (RandomForestClassifier, catalogue defaults: 100 trees, n_jobs=1)")  # fmt: skip
+        prep_s, fit_s, export_s = _bare_fit(csv, cpus)
+        print(f"bare scikit-learn: read+prepare {prep_s:.2f} s, fit {fit_s:.2f} s, skl2onnx"
+              f" export {export_s:.2f} s (RandomForestClassifier, catalogue defaults:"
+              f" 100 trees, n_jobs={cpus})")  # fmt: skip
         home = tmpdir / "home"
         home.mkdir()
-        result = _job(csv, home)
+        result = _job(csv, home, cpus)
     print(f"upload: {result['upload_s']:.2f} s ({result['size_bytes']:,} bytes)")
     print(f"job: {result['state']} {result['error']}".rstrip())
     for name, seconds in result["stages"].items():
@@ -175,6 +184,10 @@ def bench(rows: int, cols: int) -> None:
             f" max |diff| {v.max_abs_diff:.3g} <= {v.tolerance:g}"
         )
     print(f"RATIO job total / bare fit = {result['total_s'] / fit_s:.2f}")
+    print(
+        f"RATIO job total / (bare fit + export), n_jobs={cpus} ="
+        f" {result['total_s'] / (fit_s + export_s):.2f}"
+    )
 
 
 # --- xgboost and lightgbm against random_forest (docs/training.md) --------------------
@@ -570,6 +583,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--cols", type=int, default=20)
     parser.add_argument(
+        "--cpus", type=int, default=1, help="the job's CPU request (n_jobs of the bare fit too)"
+    )
+    parser.add_argument(
         "--precision", action="store_true", help="run the float32 measurements instead"
     )
     parser.add_argument(
@@ -602,7 +618,7 @@ def main() -> int:
         _rf_scaler_experiment()
         _hgb_experiment()
         return 0
-    bench(args.rows, args.cols)
+    bench(args.rows, args.cols, args.cpus)
     return 0
 
 
