@@ -521,27 +521,26 @@ def _search_phase(client: Any, job_id: str) -> tuple[Any, float]:
     return final, (ended or time.perf_counter()) - began
 
 
-def search_bench(rows: int, cols: int, trials: int = 16, folds: int = 3) -> None:
-    """A ``trials``-trial random search of random_forest (20 trees) on a rows x cols
-    table, ``folds``-fold: wall time of the search at parallelism 1 and 2 on a local
-    pool of 2 workers, the speed-up, and the per-trial overhead of the backend
-    (search wall time minus the trials' own time, per trial, at parallelism 1;
-    and the same for tiny iris trials, where it is nearly all overhead)."""
+def _search_runs(
+    backend: str, path: Path, trials: int, folds: int, space: dict[str, Any], head: Any = None
+) -> tuple[dict[int, tuple[float, float]], float, float]:
+    """On one server of ``backend``: the search at parallelism 1 and 2 ({parallelism:
+    (wall s, trials' own s)}), then a tiny iris search (its wall s, its trials' own s)."""
     from highpeaks_ml.client import Client
     from highpeaks_ml.launcher import ServerProcess
 
-    space = {"max_depth": {"low": 4, "high": 16}, "min_samples_leaf": {"low": 1, "high": 10}}
-    print(
-        f"search: {trials} random_forest trials (20 trees), {folds}-fold,"
-        f" {rows:,} rows x {cols} columns, {os.cpu_count()} CPUs, local pool of 2 workers"
-    )
-    with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
-        path = Path(tmp) / "table.csv"
-        _table(rows, cols, path)
+    with tempfile.TemporaryDirectory(prefix=f"bench-search-{backend}-") as tmp:
         home = Path(tmp) / "home"
         home.mkdir()
-        flags = ["--training-workers", "2", "--rpc-log", "off"]
-        with ServerProcess(home, *flags) as server, Client(server.target, timeout=600) as c:
+        flags = ["--training-backend", backend, "--training-workers", "2", "--rpc-log", "off"]
+        env: dict[str, str] = {}
+        if head is not None:
+            flags += ["--ray-address", head.address]
+            env = head.driver_env()
+        with (
+            ServerProcess(home, *flags, env=env) as server,
+            Client(server.target, timeout=600) as c,
+        ):
             c.wait_job(c.start_training("warmup", "logistic_regression", "builtin:iris").id)
             ds = c.upload_dataset(path)
             results = {}
@@ -557,8 +556,8 @@ def search_bench(rows: int, cols: int, trials: int = 16, folds: int = 3) -> None
                 busy = sum(t.seconds for t in record.trials)
                 results[parallelism] = (wall, busy)
                 print(
-                    f"  parallelism {parallelism}: search {wall:6.1f} s wall, trials' own time"
-                    f" {busy:6.1f} s (mean {busy / trials:5.2f} s), best accuracy"
+                    f"  {backend:5} parallelism {parallelism}: search {wall:6.1f} s wall, trials'"
+                    f" own time {busy:6.1f} s (mean {busy / trials:5.2f} s), best accuracy"
                     f" {record.best_score:.4f}"
                 )
             tiny = {"max_trials": trials, "folds": 2, "parallelism": 1,
@@ -568,14 +567,42 @@ def search_bench(rows: int, cols: int, trials: int = 16, folds: int = 3) -> None
             final, tiny_wall = _search_phase(c, job.id)
             record = c.get_version(final.model_name, final.model_version).search
             tiny_busy = sum(t.seconds for t in record.trials)
-    (w1, b1), (w2, _b2) = results[1], results[2]
-    print(f"  speed-up parallelism 2 vs 1: {w1 / w2:.2f}x")
+    return results, tiny_wall, tiny_busy
+
+
+def search_bench(rows: int, cols: int, trials: int = 16, folds: int = 3) -> None:
+    """A ``trials``-trial random search of random_forest (20 trees) on a rows x cols
+    table, ``folds``-fold, on the local pool (2 workers) and on a local Ray head with
+    this machine's CPUs: wall time of the search at parallelism 1 and 2, the speed-up,
+    and each backend's per-trial overhead (search wall time minus the trials' own
+    time, per trial, at parallelism 1; and the same for tiny iris trials, where it is
+    nearly all overhead)."""
+    from tests.support.ray_cluster import RayHead
+
+    space = {"max_depth": {"low": 4, "high": 16}, "min_samples_leaf": {"low": 1, "high": 10}}
+    cpus = os.cpu_count() or 1
     print(
-        f"  local per-trial overhead: {(w1 - b1) / trials * 1000:.0f} ms (forest trials),"
-        f" {(tiny_wall - tiny_busy) / trials * 1000:.0f} ms (tiny iris trials: wall"
-        f" {tiny_wall:.2f} s for {trials})"
+        f"search: {trials} random_forest trials (20 trees), {folds}-fold,"
+        f" {rows:,} rows x {cols} columns, {cpus} CPUs; local pool of 2 workers, then Ray"
     )
-    print("  ray: not measured (the Ray executor has no run_trial yet)")
+    with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
+        path = Path(tmp) / "table.csv"
+        _table(rows, cols, path)
+        runs = {"local": _search_runs("local", path, trials, folds, space)}
+        head = RayHead(num_cpus=cpus)
+        head.start()
+        try:
+            runs["ray"] = _search_runs("ray", path, trials, folds, space, head)
+        finally:
+            head.stop()
+    for backend, (results, tiny_wall, tiny_busy) in runs.items():
+        (w1, b1), (w2, _b2) = results[1], results[2]
+        print(
+            f"  {backend:5} speed-up parallelism 2 vs 1: {w1 / w2:.2f}x; per-trial overhead:"
+            f" {(w1 - b1) / trials * 1000:.0f} ms (forest trials),"
+            f" {(tiny_wall - tiny_busy) / trials * 1000:.0f} ms (tiny iris trials: wall"
+            f" {tiny_wall:.2f} s for {trials})"
+        )
 
 
 def main() -> int:
