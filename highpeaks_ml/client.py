@@ -284,22 +284,14 @@ class Client:
         Raises ``ValueError`` when the bytes received do not match the
         version's sha256 or size.
         """
-        import hashlib
-
         from highpeaks_ml.v1 import registry_pb2
 
         req = registry_pb2.DownloadModelVersionRequest(model=self._ref(name, version, alias))
-        meta = None
-        parts: list[bytes] = []
-        for msg in self.registry.DownloadModelVersion(req, **self._kw()):
-            if msg.WhichOneof("part") == "version":
-                meta = msg.version
-            else:
-                parts.append(msg.chunk)
-        data = b"".join(parts)
+        stream = self.registry.DownloadModelVersion(req, **self._kw())
+        meta, data = _head_and_chunks(stream, "version")
         if meta is None:
             raise ValueError("the server sent no version metadata")
-        if len(data) != meta.size_bytes or hashlib.sha256(data).hexdigest() != meta.sha256:
+        if not _matches(data, meta.size_bytes, meta.sha256):
             raise ValueError(f"download of {name} version {meta.version} does not match its sha256")
         return data
 
@@ -317,8 +309,6 @@ class Client:
         Returns (``ReportInfo``, bytes); the bytes are checked against the sha256 the
         server announced (``ValueError`` on a mismatch). NOT_FOUND for imported versions.
         """
-        import hashlib
-
         from highpeaks_ml.v1 import registry_pb2
 
         formats = {
@@ -331,18 +321,11 @@ class Client:
         req = registry_pb2.GetVersionReportRequest(
             model=self._ref(name, version, alias), format=formats[fmt], figure=figure
         )
-        info = None
-        parts: list[bytes] = []
-        for msg in self.registry.GetVersionReport(req, **self._kw()):
-            if msg.WhichOneof("part") == "info":
-                info = msg.info
-            else:
-                parts.append(msg.chunk)
-        data = b"".join(parts)
+        info, data = _head_and_chunks(self.registry.GetVersionReport(req, **self._kw()), "info")
         if info is None:
             raise ValueError("the server sent no report info")
         art = info.artifact
-        if len(data) != art.size_bytes or hashlib.sha256(data).hexdigest() != art.sha256:
+        if not _matches(data, art.size_bytes, art.sha256):
             raise ValueError(
                 f"{art.name} of {name} version {info.version} does not match its sha256"
             )
@@ -803,3 +786,23 @@ class StreamFailure:
 
     def __repr__(self) -> str:
         return f"StreamFailure(code={self.code}, message={self.message!r}, id={self.id!r})"
+
+
+def _head_and_chunks(stream: Any, head: str) -> tuple[Any, bytes]:
+    """A server stream of a ``part`` oneof: its ``head`` message (None when the
+    server sent none) and the bytes of its ``chunk`` messages, joined."""
+    first = None
+    parts: list[bytes] = []
+    for msg in stream:
+        if msg.WhichOneof("part") == head:
+            first = getattr(msg, head)
+        else:
+            parts.append(msg.chunk)
+    return first, b"".join(parts)
+
+
+def _matches(data: bytes, size: int, sha256: str) -> bool:
+    """Whether ``data`` has the size and sha256 the server announced for it."""
+    import hashlib
+
+    return len(data) == size and hashlib.sha256(data).hexdigest() == sha256
