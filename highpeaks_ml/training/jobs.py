@@ -134,6 +134,7 @@ from highpeaks_ml.training.pipeline import (
 )
 from highpeaks_ml.training.spec import (
     SEARCHING,
+    STAGE_WORDS,
     STAGES,
     Baseline,
     BuiltinData,
@@ -185,15 +186,6 @@ MIN_PRUNE_PAUSE_S = 1.0
 #: Retries of record writes the store refused: the first pause, doubled up to the last.
 RECORD_RETRY_MIN_S = 0.5
 RECORD_RETRY_MAX_S = 30.0
-_STAGE_WORDS = {
-    "LOADING_DATA": "loading data",
-    "FITTING": "fitting",
-    "EVALUATING": "evaluating",
-    "EXPORTING": "exporting",
-    "VERIFYING": "verifying",
-    REGISTERING: "registering",
-    SEARCHING: "searching",
-}
 # Job records keep the request's dataset in the JSON shape they always had.
 _KIND_UPLOADED, _KIND_BUILTIN, _KIND_INLINE = "dataset_id", "builtin", "inline"
 
@@ -1433,7 +1425,7 @@ class JobManager:
         job = self._jobs.get(job_id)
         if job is None or job.final or job.stage == REGISTERING:
             return
-        stage = _STAGE_WORDS.get(job.stage, job.stage.lower())
+        stage = STAGE_WORDS.get(job.stage, job.stage.lower())
         reason = (
             f"time limit of {job.time_limit_s:g} s exceeded while {stage}; nothing was published"
         )

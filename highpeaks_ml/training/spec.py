@@ -43,6 +43,16 @@ STAGES = ("LOADING_DATA", "FITTING", "EVALUATING", "EXPORTING", "VERIFYING", "RE
 WORKER_STAGES = STAGES[:-1]
 #: The stage of a search job while its trials run (before the refit's stages).
 SEARCHING = "SEARCHING"
+#: Each stage in words, for messages ("... while fitting").
+STAGE_WORDS = {
+    "LOADING_DATA": "loading data",
+    "FITTING": "fitting",
+    "EVALUATING": "evaluating",
+    "EXPORTING": "exporting",
+    "VERIFYING": "verifying",
+    "REGISTERING": "registering",
+    SEARCHING: "searching",
+}
 
 
 # --- where a request's data comes from (what the caller named) --------------------
@@ -274,6 +284,7 @@ FinalEvent = Succeeded | Failed | Cancelled
 __all__ = [
     "SEARCHING",
     "STAGES",
+    "STAGE_WORDS",
     "WORKER_STAGES",
     "Baseline",
     "BuiltinData",

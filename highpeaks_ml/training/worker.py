@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from highpeaks_ml.training.spec import (
+    STAGE_WORDS,
     BuiltinData,
     Failed,
     FinalEvent,
@@ -234,18 +235,9 @@ def job_resources(resources: Resources, enforce_memory: bool = True) -> Iterator
 def _memory_reason(spec: JobSpec | TrialSpec, stage: str) -> str:
     return (
         f"the job exceeded its memory limit of {spec.resources.memory_mb} MiB while"
-        f" {_STAGE_WORDS.get(stage, stage.lower())}; nothing was published (ask for more"
+        f" {STAGE_WORDS.get(stage, stage.lower())}; nothing was published (ask for more"
         " memory, or use fewer rows or a smaller model)"
     )
-
-
-_STAGE_WORDS = {
-    "LOADING_DATA": "loading data",
-    "FITTING": "fitting",
-    "EVALUATING": "evaluating",
-    "EXPORTING": "exporting",
-    "VERIFYING": "verifying",
-}
 
 
 # --- the job -----------------------------------------------------------------------
