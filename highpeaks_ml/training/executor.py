@@ -54,8 +54,8 @@ also implement :class:`TrialExecutor`:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from highpeaks_ml.config import ConfigError
 from highpeaks_ml.training.spec import JobEvent, JobSpec, TrialResult, TrialSpec
@@ -130,4 +130,21 @@ def make_executor(settings: Settings) -> Executor:
     raise ConfigError(f"unknown training_backend {backend!r}; use 'local' or 'ray'")
 
 
-__all__ = ["LOCAL", "RAY", "Executor", "TrialExecutor", "make_executor"]
+def spawn_child(
+    ctx: Any, target: Callable[..., Any], args: tuple[Any, ...], name: str
+) -> tuple[Any, Any]:
+    """Start ``target(child_end, *args)`` in a fresh (``spawn``) daemon process with a
+    duplex pipe; returns (the process, the server's end of the pipe).
+
+    Both backends keep their work out of the server process this way: the local
+    pool's training workers, and the Ray backend's bridge (the only process that
+    imports Ray).
+    """
+    parent, child = ctx.Pipe(duplex=True)
+    proc = ctx.Process(target=target, args=(child, *args), name=name, daemon=True)
+    proc.start()
+    child.close()
+    return proc, parent
+
+
+__all__ = ["LOCAL", "RAY", "Executor", "TrialExecutor", "make_executor", "spawn_child"]

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from highpeaks_ml.config import Settings
-from highpeaks_ml.training.executor import LOCAL
+from highpeaks_ml.training.executor import LOCAL, spawn_child
 from highpeaks_ml.training.spec import (
     Cancelled,
     Failed,
@@ -58,16 +58,12 @@ class _Worker:
     def __init__(self, ctx: Any, settings: Settings) -> None:
         from highpeaks_ml.training import worker
 
-        parent, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(
-            target=worker.main,
-            args=(child, settings.log_level, settings.log_format.value),
-            name="highpeaks-ml-training",
-            daemon=True,
+        self.proc, self.conn = spawn_child(
+            ctx,
+            worker.main,
+            (settings.log_level, settings.log_format.value),
+            "highpeaks-ml-training",
         )
-        self.proc.start()
-        child.close()
-        self.conn = parent
         self.ready = False  # set when the process reported its libraries imported
         self.node = ""
         #: The job whose data this process holds from an earlier trial ("" = none).

@@ -47,7 +47,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from highpeaks_ml.config import ConfigError, Settings
-from highpeaks_ml.training.executor import RAY
+from highpeaks_ml.training.executor import RAY, spawn_child
 from highpeaks_ml.training.spec import (
     Cancelled,
     Failed,
@@ -74,16 +74,12 @@ class _BridgeProcess:
     def __init__(self, ctx: Any, settings: Settings) -> None:
         from highpeaks_ml.training import ray_bridge
 
-        parent, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(
-            target=ray_bridge.main,
-            args=(child, settings.ray_address, settings.log_level, settings.log_format.value),
-            name="highpeaks-ml-ray-bridge",
-            daemon=True,
+        self.proc, self.conn = spawn_child(
+            ctx,
+            ray_bridge.main,
+            (settings.ray_address, settings.log_level, settings.log_format.value),
+            "highpeaks-ml-ray-bridge",
         )
-        self.proc.start()
-        child.close()
-        self.conn = parent
         self._send_lock = threading.Lock()
 
     def send(self, message: Any) -> bool:
