@@ -898,13 +898,15 @@ class AuthInterceptor(aio.ServerInterceptor):
         self.authenticator = authenticator
         self._handlers = HandlerCache()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
+    def wrap_handler(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None:
+        """``handler`` behind the token and scope check (``api/dispatch.HandlerLayer``).
+
+        A method nobody serves (``handler`` None) or that no scope opens gets a
+        handler that refuses: an unauthenticated caller learns nothing of the
+        paths the server has.
+        """
         auth = self.authenticator
         if method in PUBLIC_METHODS and handler is not None:
             return handler
@@ -937,12 +939,21 @@ class AuthInterceptor(aio.ServerInterceptor):
             return None
 
         if handler is None or required is None:
-            return _refusal(check)  # not cached: any path a caller sends lands here
-        return self._handlers.get(
-            method,
-            handler,
-            lambda: rewrap_handler(handler, lambda behavior, _req, _resp: _wrap(behavior, check)),
-        )
+            return _refusal(check)
+        return rewrap_handler(handler, lambda behavior, _req, _resp: _wrap(behavior, check))
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """As a grpc.aio interceptor (the server itself uses ``api/dispatch.Dispatcher``)."""
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or METHOD_SCOPES.get(method) is None:
+            # Not cached: any path a caller sends lands here.
+            return self.wrap_handler(method, handler)  # type: ignore[return-value]
+        return self._handlers.get(method, handler, lambda: self.wrap_handler(method, handler))  # type: ignore[arg-type,return-value]
 
 
 def build_auth_interceptor(settings: Settings) -> AuthInterceptor | None:

@@ -13,12 +13,11 @@ new RPCs other than health checks get UNAVAILABLE.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
+import random
 import time
 import traceback
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
@@ -45,6 +44,7 @@ _DRAIN_EXEMPT = frozenset(
     {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", "/grpc.health.v1.Health/List"}
 )
 _MAX_REQUEST_ID = 128
+_random_bits = random.getrandbits
 
 
 class Lifecycle:
@@ -86,90 +86,73 @@ def _request_id(metadata: Iterable[tuple[str, Any]] | None) -> str:
     for key, value in metadata or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= _MAX_REQUEST_ID:
             return value
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex but without its object
+    # (~2 µs) and its system call (os.urandom): the process's generator, seeded
+    # from the OS at start and again in a forked child. Ids, not secrets.
+    return f"{_random_bits(128):032x}"
 
 
-class _Call:
-    """Bookkeeping for one RPC: request id, subject, drain check, metrics, the log line."""
+class _Method:
+    """What the error mapping knows of one method, worked out once when its handler is built."""
 
-    def __init__(
-        self,
-        method: str,
-        metadata: Iterable[tuple[str, Any]] | None,
-        owner: ErrorMappingInterceptor,
-    ) -> None:
+    __slots__ = ("exempt", "label", "lifecycle", "method", "owner", "quiet", "series")
+
+    def __init__(self, method: str, owner: ErrorMappingInterceptor) -> None:
         self.method = method
         self.owner = owner
         # Bounded label set: an attacker's made-up paths all count as "other".
         self.label = method if method in KNOWN_METHODS else "other"
         self.series = owner.series(self.label)
-        self.request_id = _request_id(metadata)
-        self.start = time.perf_counter()
-        self.code = grpc.StatusCode.OK
-        self.token: Any = None
-        self.subject_token: Any = None
-        self.counted = False
+        # Health watches never end by themselves: shutdown does not wait for them.
+        self.exempt = method in _DRAIN_EXEMPT
+        self.quiet = method.startswith(_QUIET_PREFIXES)
+        self.lifecycle = owner.lifecycle
 
-    def enter(self, context: aio.ServicerContext) -> None:
-        self.token = request_id_var.set(self.request_id)
-        self.subject_token = subject_var.set(self.owner.default_subject)
-        context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
+    def begin(self, context: aio.ServicerContext) -> str:
+        """Start one RPC: its request id (returned), subject, trailer, drain check, gauge.
+
+        The context variables are not reset at the end: grpc.aio runs every RPC
+        in a task of its own, which has its own copy of the context.
+        """
+        request_id = _request_id(context.invocation_metadata())
+        request_id_var.set(request_id)
+        subject_var.set(self.owner.default_subject)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
         if self.series is not None:
             self.series.in_flight.inc()
+        return request_id
 
-    def admit(self) -> None:
-        """Refuse new work while draining; health probes still answer."""
-        lifecycle = self.owner.lifecycle
-        if lifecycle is None or self.method in _DRAIN_EXEMPT:
-            return  # health watches never end by themselves: shutdown does not wait for them
+    def admit(self) -> bool:
+        """Refuse new work while draining (health probes still answer); True when counted."""
+        lifecycle = self.lifecycle
+        if lifecycle is None or self.exempt:
+            return False
         if lifecycle.draining:
             raise errors.Unavailable("server is shutting down; retry on another replica")
         lifecycle.enter()
-        self.counted = True
+        return True
 
-    async def fail(self, context: aio.ServicerContext, exc: BaseException) -> None:
-        code, message = status_for(exc)
-        self.code = code
-        if code == grpc.StatusCode.INTERNAL:
-            # Log the formatted traceback, not exc_info: a handler that keeps
-            # records (pytest's, a buffering one) would otherwise keep the
-            # frames, and with them the call, alive and block server.stop().
-            trace = "".join(traceback.format_exception(exc)).rstrip()
-            log.error("unexpected error in %s\n%s", self.method, trace)
-        await context.abort(code, message, trailing_metadata=((REQUEST_ID_KEY, self.request_id),))
-
-    def aborted(self, context: aio.ServicerContext) -> None:
-        code = context.code()
-        self.code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
-
-    def finish(self) -> None:
-        elapsed = time.perf_counter() - self.start
+    def finish(self, code: grpc.StatusCode, start: float, counted: bool) -> None:
+        elapsed = time.perf_counter() - start
         rpc_log = self.owner.rpc_log
-        if rpc_log == RpcLog.ALL or (rpc_log == RpcLog.ERRORS and self.code != grpc.StatusCode.OK):
-            level = logging.DEBUG if self.method.startswith(_QUIET_PREFIXES) else logging.INFO
+        if rpc_log is RpcLog.ALL or (rpc_log is RpcLog.ERRORS and code is not grpc.StatusCode.OK):
             log.log(
-                level,
+                logging.DEBUG if self.quiet else logging.INFO,
                 "rpc",
                 extra={
                     "method": self.method[:200],
-                    "code": self.code.name,
+                    "code": code.name,
                     "ms": round(elapsed * 1000, 3),
                     "subject": subject_var.get(),
                 },
             )
-        if self.counted and self.owner.lifecycle is not None:
-            self.owner.lifecycle.leave()
+        if counted:
+            self.lifecycle.leave()  # type: ignore[union-attr]
         series = self.series
         if series is not None:
             series.in_flight.dec()
-            series.finished(self.code).inc()
+            series.finished(code).inc()
             series.duration.observe(elapsed)
-        # A stream closed by the client is finalised by asyncio's async-generator
-        # hook in another context, where these tokens cannot be reset (and need not).
-        for var, token in ((request_id_var, self.token), (subject_var, self.subject_token)):
-            if token is not None:
-                with contextlib.suppress(ValueError):
-                    var.reset(token)  # type: ignore[attr-defined]
 
 
 def _wrap_unary_response(
@@ -178,32 +161,56 @@ def _wrap_unary_response(
     owner: ErrorMappingInterceptor,
     guard: str = "",
 ) -> Callable[..., Awaitable[Any]]:
+    m = _Method(method, owner)
+    is_async = inspect.iscoroutinefunction(behavior)
+
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
-        call = _Call(method, context.invocation_metadata(), owner)
-        call.enter(context)
+        start = time.perf_counter()
+        request_id = m.begin(context)
+        code = grpc.StatusCode.OK
+        counted = False
         try:
-            call.admit()
+            counted = m.admit()
             if guard:
                 request = _malformed_checked(request, guard)
-            result = behavior(request, context)
-            if asyncio.iscoroutine(result):
-                result = await result
-            code = context.code()
-            if isinstance(code, grpc.StatusCode):
-                call.code = code
+            if is_async:
+                result = await behavior(request, context)
+            else:
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+            set_code = context.code()
+            if isinstance(set_code, grpc.StatusCode):
+                code = set_code
             return result
         except aio.AbortError:
-            call.aborted(context)
+            code = _aborted_code(context)
             raise
         except asyncio.CancelledError:
-            call.code = grpc.StatusCode.CANCELLED
+            code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
-            await call.fail(context, exc)
+            code, message = status_for(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                _log_internal(method, exc)
+            await context.abort(code, message, trailing_metadata=((REQUEST_ID_KEY, request_id),))
         finally:
-            call.finish()
+            m.finish(code, start, counted)
 
     return handler
+
+
+def _aborted_code(context: aio.ServicerContext) -> grpc.StatusCode:
+    code = context.code()
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def _log_internal(method: str, exc: BaseException) -> None:
+    # The formatted traceback, not exc_info: a handler that keeps records
+    # (pytest's, a buffering one) would otherwise keep the frames, and with
+    # them the call, alive and block server.stop().
+    trace = "".join(traceback.format_exception(exc)).rstrip()
+    log.error("unexpected error in %s\n%s", method, trace)
 
 
 def _wrap_stream_response(
@@ -212,28 +219,35 @@ def _wrap_stream_response(
     owner: ErrorMappingInterceptor,
     guard: str = "",
 ) -> Callable[..., AsyncIterator[Any]]:
+    m = _Method(method, owner)
+
     async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-        call = _Call(method, context.invocation_metadata(), owner)
-        call.enter(context)
+        start = time.perf_counter()
+        request_id = m.begin(context)
+        code = grpc.StatusCode.OK
+        counted = False
         try:
-            call.admit()
+            counted = m.admit()
             if guard:
                 request = _malformed_checked(request, guard)
             async for item in behavior(request, context):
                 yield item
-            code = context.code()
-            if isinstance(code, grpc.StatusCode):
-                call.code = code
+            set_code = context.code()
+            if isinstance(set_code, grpc.StatusCode):
+                code = set_code
         except aio.AbortError:
-            call.aborted(context)
+            code = _aborted_code(context)
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            call.code = grpc.StatusCode.CANCELLED
+            code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
-            await call.fail(context, exc)
+            code, message = status_for(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                _log_internal(method, exc)
+            await context.abort(code, message, trailing_metadata=((REQUEST_ID_KEY, request_id),))
         finally:
-            call.finish()
+            m.finish(code, start, counted)
 
     return handler
 
@@ -328,23 +342,29 @@ class MalformedRequestInterceptor(aio.ServerInterceptor):
     def __init__(self) -> None:
         self._handlers = HandlerCache()
 
+    def wrap_handler(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None:
+        """``handler`` refusing unparsable requests (``api/dispatch.HandlerLayer``)."""
+        if handler is None:
+            return None
+        return rewrap_handler(
+            handler,
+            lambda behavior, streaming_request, _: _guard(behavior, streaming_request),
+            request_deserializer=_tolerant(handler.request_deserializer),
+        )
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        """As a grpc.aio interceptor (the server itself uses ``api/dispatch.Dispatcher``)."""
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return self._handlers.get(
-            handler_call_details.method,
-            handler,
-            lambda: rewrap_handler(
-                handler,
-                lambda behavior, streaming_request, _: _guard(behavior, streaming_request),
-                request_deserializer=_tolerant(handler.request_deserializer),
-            ),
-        )
+        method = handler_call_details.method
+        return self._handlers.get(method, handler, lambda: self.wrap_handler(method, handler))  # type: ignore[arg-type,return-value]
 
 
 class ErrorMappingInterceptor(aio.ServerInterceptor):
@@ -386,15 +406,13 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
             found = self._series[label] = _Series(self.metrics, label)
         return found
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
+    def wrap_handler(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None:
+        """``handler`` with the request id, log line, metrics and error mapping around it
+        (``api/dispatch.HandlerLayer``); None stays None (grpc answers UNIMPLEMENTED)."""
         if handler is None:
-            return handler  # unknown method: grpc answers UNIMPLEMENTED
-        method = handler_call_details.method
+            return None
         malformed = self.malformed
 
         def wrap(behavior: Callable[..., Any], streaming_request: bool, streaming: bool) -> Any:
@@ -403,13 +421,22 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
                 return _wrap_stream(behavior, method, self, guard)
             return _wrap_unary_response(behavior, method, self, guard)
 
-        def build() -> grpc.RpcMethodHandler:
-            if not malformed:
-                return rewrap_handler(handler, wrap)
-            tolerant = _tolerant(handler.request_deserializer)
-            return rewrap_handler(handler, wrap, request_deserializer=tolerant)
+        if not malformed:
+            return rewrap_handler(handler, wrap)
+        tolerant = _tolerant(handler.request_deserializer)
+        return rewrap_handler(handler, wrap, request_deserializer=tolerant)
 
-        return self._handlers.get(method, handler, build)
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """As a grpc.aio interceptor (the server itself uses ``api/dispatch.Dispatcher``)."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler  # unknown method: grpc answers UNIMPLEMENTED
+        method = handler_call_details.method
+        return self._handlers.get(method, handler, lambda: self.wrap_handler(method, handler))  # type: ignore[arg-type,return-value]
 
 
 class _Series:

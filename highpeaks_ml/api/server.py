@@ -19,7 +19,8 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer as AsyncReflectionServicer
 
 from highpeaks_ml import __version__
 from highpeaks_ml import metrics as metrics_mod
@@ -27,6 +28,7 @@ from highpeaks_ml.api import oip_messages
 from highpeaks_ml.api import tracing as tracing_mod
 from highpeaks_ml.api.auth import build_auth_interceptor
 from highpeaks_ml.api.context import ANONYMOUS, NO_SUBJECT
+from highpeaks_ml.api.dispatch import Dispatcher, HandlerLayer
 from highpeaks_ml.api.interceptors import (
     ErrorMappingInterceptor,
     Lifecycle,
@@ -244,7 +246,7 @@ def _build_app(settings: Settings) -> App:
     return app
 
 
-def _add_servicers(server: aio.Server, app: App) -> None:
+def _add_servicers(server: Dispatcher, app: App) -> None:
     from highpeaks_ml.api.servicers import add_all
 
     add_all(server, app)
@@ -362,11 +364,13 @@ async def create_server(settings: Settings) -> tuple[Server, int]:
     metrics_mod.install(metrics)
     lifecycle = Lifecycle()
     default_subject = ANONYMOUS if auth_interceptor is None else NO_SUBJECT
-    # The error mapping is outermost, so authentication failures are mapped,
-    # logged and counted like any other RPC outcome.
+    # The layers around every method, outermost first, applied once per method
+    # by the dispatcher (no grpc interceptors: they cost per call; see
+    # api/dispatch.py). The error mapping is outside authentication, so its
+    # refusals are mapped, logged and counted like any other RPC outcome.
     # Without authentication the error mapping also refuses unparsable requests
-    # (MalformedRequestInterceptor's job): one interceptor less per call.
-    interceptors: list[aio.ServerInterceptor] = [
+    # (MalformedRequestInterceptor's job): one wrapper less per call.
+    layers: list[HandlerLayer] = [
         ErrorMappingInterceptor(
             metrics,
             lifecycle,
@@ -379,19 +383,19 @@ async def create_server(settings: Settings) -> tuple[Server, int]:
     tracing = tracing_mod.setup()
     if tracing is not None:
         # Outermost: the span covers authentication and the error mapping too.
-        interceptors.insert(0, tracing.interceptor())
+        layers.insert(0, tracing.interceptor())
     if auth_interceptor is not None:
-        interceptors.append(auth_interceptor)
+        layers.append(auth_interceptor)
         # Innermost: unparsable request bytes become INVALID_ARGUMENT, not UNKNOWN,
         # after the caller was authenticated.
-        interceptors.append(MalformedRequestInterceptor())
+        layers.append(MalformedRequestInterceptor())
     grpc_server = aio.server(
-        interceptors=interceptors,
         options=options,
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
+    dispatcher = Dispatcher(layers)
     health_servicer = AsyncHealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, dispatcher)
     app = _build_app(settings)
     if auth_interceptor is not None:
         # Last, so its start (the first JWKS fetch, which readiness waits
@@ -401,7 +405,7 @@ async def create_server(settings: Settings) -> tuple[Server, int]:
         app.components["tracing"] = tracing  # closed (spans flushed) at shutdown
         # Training jobs traced by stage, in the StartTraining call's trace.
         app.components["jobs"].tracer = tracing.jobs()
-    _add_servicers(grpc_server, app)
+    _add_servicers(dispatcher, app)
     service_names = (
         *PUBLIC_SERVICES,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -409,7 +413,11 @@ async def create_server(settings: Settings) -> tuple[Server, int]:
     )
     # A pool of its own: the OIP's descriptors are not in protobuf's default pool.
     pool = oip_messages.reflection_pool(service_names)
-    reflection.enable_server_reflection(service_names, grpc_server, pool=pool)
+    # What enable_server_reflection does for an aio server, on the dispatcher.
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        AsyncReflectionServicer(service_names, pool=pool), dispatcher
+    )
+    dispatcher.install(grpc_server)
     address = _address(settings.host, settings.port)
     if credentials is not None:
         port = grpc_server.add_secure_port(address, credentials)
@@ -465,17 +473,17 @@ def _health_only_server(
     nothing else (no reflection, no services, tiny messages).
     """
     server = aio.server(
-        interceptors=[
-            ErrorMappingInterceptor(metrics, None, NO_SUBJECT),
-            MalformedRequestInterceptor(),
-        ],
         options=[
             ("grpc.max_receive_message_length", 4096),
             ("grpc.so_reuseport", 0),
         ],
         maximum_concurrent_rpcs=64,
     )
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    dispatcher = Dispatcher(
+        [ErrorMappingInterceptor(metrics, None, NO_SUBJECT), MalformedRequestInterceptor()]
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, dispatcher)
+    dispatcher.install(server)
     address = _address(settings.host, settings.health_port)
     if server.add_insecure_port(address) == 0:
         raise OSError(f"could not bind {address}")

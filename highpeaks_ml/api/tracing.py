@@ -315,15 +315,12 @@ class TracingInterceptor(aio.ServerInterceptor):
         self.tracer = tracer
         self._handlers = HandlerCache()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
+    def wrap_handler(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None:
+        """``handler`` inside a server span (``api/dispatch.HandlerLayer``)."""
         if handler is None:
-            return handler
-        method = handler_call_details.method
+            return None
         tracer = self.tracer
 
         def wrap(behavior: Callable[..., Any], _: bool, streaming_response: bool) -> Any:
@@ -331,7 +328,19 @@ class TracingInterceptor(aio.ServerInterceptor):
                 return _wrap_stream(behavior, method, tracer)
             return _wrap_unary(behavior, method, tracer)
 
-        return self._handlers.get(method, handler, lambda: rewrap_handler(handler, wrap))
+        return rewrap_handler(handler, wrap)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """As a grpc.aio interceptor (the server itself uses ``api/dispatch.Dispatcher``)."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        return self._handlers.get(method, handler, lambda: self.wrap_handler(method, handler))  # type: ignore[arg-type,return-value]
 
 
 __all__ = ["EXPORTERS", "JobTracing", "Tracing", "TracingInterceptor", "setup"]

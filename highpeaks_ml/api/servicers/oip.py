@@ -129,9 +129,9 @@ _HANDLER_KINDS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = 
 }
 
 
-def generic_handler(app: App) -> grpc.GenericRpcHandler:
-    """The service's handler, every method declared in the protocol file served,
-    each as the kind of RPC its descriptor declares."""
+def method_handlers(app: App) -> dict[str, grpc.RpcMethodHandler]:
+    """The service's handlers by method name, every method declared in the protocol
+    file served, each as the kind of RPC its descriptor declares."""
     servicer = InferenceServicer(app)
     handlers = {}
     for method in msgs.SERVICE.methods:
@@ -142,4 +142,9 @@ def generic_handler(app: App) -> grpc.GenericRpcHandler:
             request_deserializer=request_cls.FromString,
             response_serializer=response_cls.SerializeToString,
         )
-    return grpc.method_handlers_generic_handler(msgs.SERVICE_NAME, handlers)
+    return handlers
+
+
+def generic_handler(app: App) -> grpc.GenericRpcHandler:
+    """The service as one generic handler (for a plain grpc server)."""
+    return grpc.method_handlers_generic_handler(msgs.SERVICE_NAME, method_handlers(app))
