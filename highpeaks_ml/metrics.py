@@ -62,6 +62,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from highpeaks_ml.hotmetrics import HotCounter, HotGauge, HotHistogram
+
 log = logging.getLogger("highpeaks_ml.metrics")
 
 PREFIX = "highpeaks_ml_"
@@ -101,49 +103,50 @@ class Metrics:
             platform_collector.PlatformCollector(registry=r)
             gc_collector.GCCollector(registry=r)
         p = PREFIX
-        # --- RPCs (recorded by api/interceptors.py)
-        self.rpcs = Counter(
+        # --- RPCs (recorded by api/interceptors.py). Every call records these and
+        # the serving series below: lock-free cells (hotmetrics.py), same exposition.
+        self.rpcs = HotCounter(
             p + "rpcs", "Finished RPCs by method and status code.", ["method", "code"], registry=r
         )
-        self.rpc_duration = Histogram(
+        self.rpc_duration = HotHistogram(
             p + "rpc_duration_seconds",
             "RPC handling time by method (seconds).",
             ["method"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.rpcs_in_flight = Gauge(
+        self.rpcs_in_flight = HotGauge(
             p + "rpcs_in_flight", "RPCs being handled now, by method.", ["method"], registry=r
         )
         # --- serving
-        self.predicted_rows = Counter(
+        self.predicted_rows = HotCounter(
             p + "predicted_rows",
             "Rows answered by predictions, by model and version.",
             ["model", "version"],
             registry=r,
         )
-        self.predict_batch_rows = Histogram(
+        self.predict_batch_rows = HotHistogram(
             p + "predict_batch_rows",
             "Rows per onnxruntime call (the batch size), by model and version.",
             ["model", "version"],
             buckets=_ROW_BUCKETS,
             registry=r,
         )
-        self.predict_queue_seconds = Histogram(
+        self.predict_queue_seconds = HotHistogram(
             p + "predict_queue_seconds",
             "Time a prediction waited before its onnxruntime call (batching, executor).",
             ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.predict_compute_seconds = Histogram(
+        self.predict_compute_seconds = HotHistogram(
             p + "predict_compute_seconds",
             "Duration of one onnxruntime call, by model and version.",
             ["model", "version"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.inline_inference_runs = Counter(
+        self.inline_inference_runs = HotCounter(
             p + "inline_inference_runs",
             "onnxruntime calls run on the event loop (small, measured-cheap requests; "
             "a subset of predict_compute_seconds' count), by model and version.",

@@ -16,7 +16,7 @@ to the same numbers. What is counted where:
   the start of its execution (batching delay, thread-pool wait).
 
 All methods are thread-safe: executions are recorded from the inference
-threads, requests from the event loop.
+threads, requests from the event loop, each into the thread's own cell.
 """
 
 from __future__ import annotations
@@ -65,67 +65,103 @@ def _ns(seconds: float) -> int:
     return max(0, int(seconds * 1e9))
 
 
+# Positions in a thread's cell.
+_OK_N, _OK_NS, _FAIL_N, _FAIL_NS, _ROWS, _QUEUE_N, _QUEUE_NS, _RUN_N, _RUN_NS = range(9)
+
+
+class _Cell:
+    """One thread's counters (only that thread writes them)."""
+
+    __slots__ = ("batches", "counts")
+
+    def __init__(self) -> None:
+        self.counts = [0] * 9
+        self.batches: dict[int, list[int]] = {}
+
+
 class VersionStats:
-    """Counters of one model version (see the module docstring)."""
+    """Counters of one model version (see the module docstring).
+
+    Every prediction records here, so each thread counts into a cell of its
+    own, without a lock (the same scheme as ``hotmetrics.Cells``), and a
+    snapshot adds the cells up.
+    """
 
     def __init__(self, model_name: str, version: int) -> None:
         self.model_name = model_name
         self.version = version
-        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._cells: list[_Cell] = []
+        self._lock = threading.Lock()  # guards the list of cells only
         self._last_ms = 0
-        self._inferences = 0
-        self._success = [0, 0]
-        self._fail = [0, 0]
-        self._queue = [0, 0]
-        self._compute = [0, 0]
-        self._batches: dict[int, list[int]] = {}
+
+    def _mine(self) -> _Cell:
+        try:
+            return self._local.cell  # type: ignore[no-any-return]
+        except AttributeError:
+            cell = _Cell()
+            with self._lock:
+                self._cells.append(cell)
+            self._local.cell = cell
+            return cell
 
     def record_request(self, ok: bool, rows: int, seconds: float) -> None:
         """One request finished (``ok`` or not) after ``seconds``, answering ``rows`` rows."""
-        ns = _ns(seconds)
-        with self._lock:
-            bucket = self._success if ok else self._fail
-            bucket[0] += 1
-            bucket[1] += ns
-            if ok:
-                self._inferences += rows
-            self._last_ms = int(time.time() * 1000)
+        counts = self._mine().counts
+        if ok:
+            counts[_OK_N] += 1
+            counts[_OK_NS] += _ns(seconds)
+            counts[_ROWS] += rows
+        else:
+            counts[_FAIL_N] += 1
+            counts[_FAIL_NS] += _ns(seconds)
+        self._last_ms = int(time.time() * 1000)
 
     def record_execution(self, rows: int, seconds: float) -> None:
         """One onnxruntime run over ``rows`` rows took ``seconds``."""
         ns = _ns(seconds)
-        with self._lock:
-            self._compute[0] += 1
-            self._compute[1] += ns
-            batch = self._batches.setdefault(rows, [0, 0])
-            batch[0] += 1
-            batch[1] += ns
+        cell = self._mine()
+        cell.counts[_RUN_N] += 1
+        cell.counts[_RUN_NS] += ns
+        batch = cell.batches.get(rows)
+        if batch is None:
+            batch = cell.batches[rows] = [0, 0]
+        batch[0] += 1
+        batch[1] += ns
 
     def record_queue(self, seconds: float) -> None:
         """One request waited ``seconds`` before its execution started."""
-        ns = _ns(seconds)
-        with self._lock:
-            self._queue[0] += 1
-            self._queue[1] += ns
+        counts = self._mine().counts
+        counts[_QUEUE_N] += 1
+        counts[_QUEUE_NS] += _ns(seconds)
 
     def snapshot(self) -> StatsSnapshot:
-        """A consistent copy of the counters."""
+        """The counters of every thread added up."""
         with self._lock:
-            return StatsSnapshot(
-                model_name=self.model_name,
-                version=self.version,
-                last_inference_ms=self._last_ms,
-                inference_count=self._inferences,
-                execution_count=self._compute[0],
-                success=Duration(*self._success),
-                fail=Duration(*self._fail),
-                queue=Duration(*self._queue),
-                compute=Duration(*self._compute),
-                batches=tuple(
-                    BatchStats(size, Duration(*counts))
-                    for size, counts in sorted(self._batches.items())
-                ),
-            )
+            cells = list(self._cells)
+        c = [0] * 9
+        batches: dict[int, list[int]] = {}
+        for cell in cells:
+            for i, v in enumerate(cell.counts):
+                c[i] += v
+            for size, (n, ns) in list(cell.batches.items()):
+                both = batches.setdefault(size, [0, 0])
+                both[0] += n
+                both[1] += ns
+        return StatsSnapshot(
+            model_name=self.model_name,
+            version=self.version,
+            last_inference_ms=self._last_ms,
+            inference_count=c[_ROWS],
+            execution_count=c[_RUN_N],
+            success=Duration(c[_OK_N], c[_OK_NS]),
+            fail=Duration(c[_FAIL_N], c[_FAIL_NS]),
+            queue=Duration(c[_QUEUE_N], c[_QUEUE_NS]),
+            compute=Duration(c[_RUN_N], c[_RUN_NS]),
+            batches=tuple(
+                BatchStats(size, Duration(n, ns)) for size, (n, ns) in sorted(batches.items())
+            ),
+        )
 
 
 __all__ = ["BatchStats", "Duration", "StatsSnapshot", "VersionStats"]
