@@ -102,6 +102,8 @@ INLINE_MAX_ELEMENTS = 4096
 #: measured cost per row of larger runs) is under the limit, up to this many
 #: numeric input elements (requests of ``_LARGE_ELEMENTS`` or more never do).
 INLINE_MAX_BATCH_ELEMENTS = 32768
+#: One cheap small run in this many updates the inline estimate (see LoadedVersion.run).
+_MEASURE_EVERY = 4
 #: Small runs measured (in the thread pool) before a version may run inline.
 _INLINE_PROBATION = 5
 #: The target key of a model's latest version (next to its aliases; an alias
@@ -143,7 +145,7 @@ REQUEST_TIMING: contextvars.ContextVar[RequestTiming | None] = contextvars.Conte
 )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # per request: not frozen (see serving/inputs.TensorInput)
 class PredictQuery:
     """One prediction request in domain terms."""
 
@@ -198,6 +200,8 @@ class LoadedVersion:
         #: lock: a lost update only nudges an estimate.
         self.small_run_s = float("inf")
         self.small_runs = 0
+        #: Small runs made (the estimate updated or not; see run()).
+        self._small_seen = 0
         #: The warm-up's one-row feeds (None until it ran).
         self.warm_feeds: dict[str, np.ndarray] | None = None
         #: Estimated seconds per row of runs of more than INLINE_MAX_ROWS rows (wall
@@ -226,6 +230,9 @@ class LoadedVersion:
             if rows * self.row_cost_s >= self._inline_limit_s:
                 return False
             most = INLINE_MAX_BATCH_ELEMENTS
+        if len(feeds) == 1:  # the common case, without the generators
+            (a,) = feeds.values()
+            return a.size <= most and a.dtype.kind in "biuf"
         return sum(a.size for a in feeds.values()) <= most and all(
             a.dtype.kind in "biuf" for a in feeds.values()
         )
@@ -294,11 +301,23 @@ class LoadedVersion:
             timing.started, timing.ended = started, started + elapsed
         series = self.series
         if small:
-            self._note_small_run(time.thread_time() - cpu)
-        elif self.row_cost_s == float("inf"):
-            self.row_cost_s = elapsed / rows
+            # The thread's CPU time is a system call (~0.6 µs here): read again
+            # after one run in _MEASURE_EVERY, every run of the probation, and any
+            # run whose wall time reached the limit (its CPU time may have too; a
+            # run under it in wall time is under it in CPU time as well).
+            self._small_seen += 1
+            if (
+                elapsed >= self._inline_limit_s
+                or self.small_runs < _INLINE_PROBATION
+                or not self._small_seen % _MEASURE_EVERY
+            ):
+                self._note_small_run(time.thread_time() - cpu)
         else:
-            self.row_cost_s = _nudge(self.row_cost_s, elapsed / rows)
+            self.row_cost_s = (
+                elapsed / rows
+                if self.row_cost_s == float("inf")
+                else _nudge(self.row_cost_s, elapsed / rows)
+            )
         series.batch_rows.observe(rows)
         series.compute.observe(elapsed)
         if self.stats is not None:
@@ -485,11 +504,19 @@ class ModelManager:
             ) from None
 
     async def _predict(self, query: PredictQuery) -> Prediction:
-        meta = await self.resolve(query.name, query.version, query.alias)
+        # The view and the session cache answer almost every request without
+        # waiting: their synchronous lookups first, the awaiting ones on a miss
+        # (each coroutine level costs on every call; docs/serving.md).
+        meta = self._resolve_in_view(query.name, query.version, query.alias)
+        if meta is None:
+            meta = await self.resolve(query.name, query.version, query.alias)
         stats = self._stats_for(meta.model_name, meta.version)
         started = time.perf_counter()
         try:
-            pred = await self._predict_on(meta, query)
+            lv = self._loaded_now(meta)
+            if lv is None:
+                lv = await self.get_loaded(meta)
+            pred = await self._predict_on(lv, query)
         except BaseException:
             # Invalid input, a load failure, a deadline or a cancellation.
             stats.record_request(False, 0, time.perf_counter() - started)
@@ -497,8 +524,7 @@ class ModelManager:
         stats.record_request(True, pred.rows, time.perf_counter() - started)
         return pred
 
-    async def _predict_on(self, meta: VersionMeta, query: PredictQuery) -> Prediction:
-        lv = await self.get_loaded(meta)
+    async def _predict_on(self, lv: LoadedVersion, query: PredictQuery) -> Prediction:
         plan = lv.plan
         as_names: list[str] | None = None
         if query.output_names:
@@ -538,8 +564,10 @@ class ModelManager:
         if timing is not None:
             timing.rows, timing.done = rows, time.perf_counter()
         lv.series.rows.inc(rows)
-        by_name = dict(zip(lv.all_outputs, outs, strict=True))
-        return plan.assemble(names, [by_name[n] for n in names], lv.provider, rows, as_names)
+        if names != lv.all_outputs:  # a subset, or another order
+            by_name = dict(zip(lv.all_outputs, outs, strict=True))
+            outs = [by_name[n] for n in names]
+        return plan.assemble(names, outs, lv.provider, rows, as_names)
 
     async def _run(
         self,
@@ -580,37 +608,52 @@ class ModelManager:
         self, name: str, version: int | None = None, alias: str | None = None
     ) -> VersionMeta:
         """The version a request names, from the in-memory view (the store when unknown)."""
-        info = self._models.get(name)
-        if info is not None:
-            if version is None:
-                # An alias or the latest: the version its callers get here (held targets
-                # keep their previous version while the new one fails to load).
-                served = self._served.get(name, {}).get(alias or LATEST)
-                meta = _pick(info, served, None) if served is not None else None
-                if meta is None:
-                    meta = _pick(info, None, alias)
-            else:
-                meta = _pick(info, version, alias)
-            if meta is not None:
-                return meta
+        meta = self._resolve_in_view(name, version, alias)
+        if meta is not None:
+            return meta
         # Not in the view: maybe created by another process since the last re-read.
         meta = await asyncio.to_thread(self.registry.resolve, name, version, alias)
         self._schedule_refresh(name)
         return meta
 
+    def _resolve_in_view(
+        self, name: str, version: int | None, alias: str | None
+    ) -> VersionMeta | None:
+        """``resolve`` from the in-memory view alone (None: ask the store)."""
+        info = self._models.get(name)
+        if info is None:
+            return None
+        if version is None:
+            # An alias or the latest: the version its callers get here (held targets
+            # keep their previous version while the new one fails to load).
+            served = self._served.get(name, {}).get(alias or LATEST)
+            meta = _pick(info, served, None) if served is not None else None
+            if meta is None:
+                meta = _pick(info, None, alias)
+            return meta
+        return _pick(info, version, alias)
+
     # --- loading ------------------------------------------------------------
 
     async def get_loaded(self, meta: VersionMeta) -> LoadedVersion:
         """The loaded session of ``meta``, loading it first when needed."""
+        lv = self._loaded_now(meta)
+        if lv is not None:
+            return lv
+        key = (meta.model_name, meta.version)
+        entry = self._entries.setdefault(key, _Entry())
+        if entry.state == "failed" and time.monotonic() - entry.failed_at < FAILED_RETRY_S:
+            raise Unavailable(entry.error)
+        return await self._load(meta)
+
+    def _loaded_now(self, meta: VersionMeta) -> LoadedVersion | None:
+        """The loaded session of ``meta`` when it is loaded (marked recently used)."""
         key = (meta.model_name, meta.version)
         lv = self._cache.get(key)
         if lv is not None and lv.meta.sha256 == meta.sha256:
             self._cache.move_to_end(key)
             return lv
-        entry = self._entries.setdefault(key, _Entry())
-        if entry.state == "failed" and time.monotonic() - entry.failed_at < FAILED_RETRY_S:
-            raise Unavailable(entry.error)
-        return await self._load(meta)
+        return None
 
     async def _load(self, meta: VersionMeta) -> LoadedVersion:
         key = (meta.model_name, meta.version)
