@@ -320,15 +320,14 @@ class LoadedVersion:
             )
         series.batch_rows.observe(rows)
         series.compute.observe(elapsed)
+        waited = None if queued_at is None else started - queued_at
+        if waited is not None:
+            series.queue.observe(waited)
         if self.stats is not None:
-            self.stats.record_execution(rows, elapsed)
+            self.stats.record_execution(rows, elapsed, waited)
         # Native Predict, PredictStream and OIP all run here: one deque append.
         if self.drift is not None:
             self.drift.observe(feeds)
-        if queued_at is not None:
-            series.queue.observe(started - queued_at)
-            if self.stats is not None:
-                self.stats.record_queue(started - queued_at)
         return outs
 
 

@@ -117,12 +117,17 @@ class VersionStats:
             counts[_FAIL_NS] += _ns(seconds)
         self._last_ms = int(time.time() * 1000)
 
-    def record_execution(self, rows: int, seconds: float) -> None:
-        """One onnxruntime run over ``rows`` rows took ``seconds``."""
+    def record_execution(self, rows: int, seconds: float, waited: float | None = None) -> None:
+        """One onnxruntime run over ``rows`` rows took ``seconds``; ``waited`` (when
+        given) is the queue wait of its one request (as ``record_queue``)."""
         ns = _ns(seconds)
         cell = self._mine()
-        cell.counts[_RUN_N] += 1
-        cell.counts[_RUN_NS] += ns
+        counts = cell.counts
+        counts[_RUN_N] += 1
+        counts[_RUN_NS] += ns
+        if waited is not None:
+            counts[_QUEUE_N] += 1
+            counts[_QUEUE_NS] += _ns(waited)
         batch = cell.batches.get(rows)
         if batch is None:
             batch = cell.batches[rows] = [0, 0]

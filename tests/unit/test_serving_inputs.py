@@ -359,3 +359,41 @@ def test_any_tensor_converts_or_is_refused(iris, dtype, shape, nbytes):
     arr = feeds["input"]
     assert arr.shape == (n, 4) and arr.dtype == np.float32
     assert np.isfinite(arr).all()
+
+
+# --- the accepted-signature shortcut ---------------------------------------------
+
+
+def test_a_second_tensor_of_an_accepted_signature_is_checked_as_strictly():
+    """After one raw tensor is accepted, the next of the same element type and row
+    shape skips the checks that depend only on that; what is left must still
+    refuse every bad request with the same words as a plan that never saw one."""
+    fresh = lambda: plan_of(sm.iris_logreg())[0]  # noqa: E731
+    warm = fresh()
+    good = np.arange(8, dtype=np.float32).reshape(2, 4)
+    feeds, rows = warm.feeds(raw(good), MAX_ROWS)
+    assert rows == 2 and warm._accepted  # the signature is remembered
+    (first,) = feeds.values()
+    # Accepted again, the same feed (float64 converted to the input's float32).
+    for x, dtype in ((good, "float32"), (good.astype(np.float64), "float64")):
+        warm.feeds(raw(x, dtype), MAX_ROWS)
+        again, n = fresh().feeds(raw(x, dtype), MAX_ROWS)
+        ours, m = warm.feeds(raw(x, dtype), MAX_ROWS)
+        assert n == m and all(
+            np.array_equal(a, b) and a.dtype == b.dtype
+            for a, b in zip(again.values(), ours.values(), strict=True)
+        )
+    assert np.array_equal(first, good)
+    nan = good.copy()
+    nan[1, 2] = np.nan
+    bad = [
+        raw(nan),  # NaN in a feature that does not allow missing values
+        raw(np.full((2, 4), np.inf, np.float32)),
+        raw(good, shape=(3, 4)),  # bytes for 2 rows, shape says 3
+        raw(good, shape=(-2, 4)),
+        raw(np.zeros((MAX_ROWS + 1, 4), np.float32)),  # over the row limit
+        raw(np.full((2, 4), 1e300), "float64"),  # overflows float32: infinity
+    ]
+    for data in bad:
+        expected = refused(fresh(), data)
+        assert refused(warm, data) == expected
