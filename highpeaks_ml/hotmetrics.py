@@ -42,23 +42,25 @@ class Cells:
     stores are atomic), perhaps not one made while it reads.
     """
 
-    __slots__ = ("_all", "_local", "_lock", "_size")
+    __slots__ = ("_all", "_lock", "_size", "local")
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._local = threading.local()
+        #: ``local.cell`` is this thread's cell once ``mine()`` made it (callers on
+        #: the hot path read it directly and call ``mine()`` on AttributeError).
+        self.local = threading.local()
         self._all: list[list[float]] = []
         self._lock = threading.Lock()
 
     def mine(self) -> list[float]:
         """This thread's cell (made on its first use)."""
         try:
-            return self._local.cell  # type: ignore[no-any-return]
+            return self.local.cell  # type: ignore[no-any-return]
         except AttributeError:
             cell: list[float] = [0] * self._size
             with self._lock:
                 self._all.append(cell)
-            self._local.cell = cell
+            self.local.cell = cell
             return cell
 
     def total(self) -> list[float]:
@@ -125,17 +127,22 @@ class _Metric:
 
 
 class _CounterChild:
-    __slots__ = ("_cells", "created")
+    __slots__ = ("_cells", "_local", "created")
 
     def __init__(self) -> None:
         self._cells = Cells(1)
+        self._local = self._cells.local
         self.created = time.time()
 
     def inc(self, amount: float = 1) -> None:
         """Add ``amount`` (>= 0)."""
         if amount < 0:
             raise ValueError("counters only go up")
-        self._cells.mine()[0] += amount
+        try:  # Cells.mine() inlined: this runs several times per prediction
+            cell = self._local.cell
+        except AttributeError:
+            cell = self._cells.mine()
+        cell[0] += amount
 
     def get(self) -> float:
         """The current total."""
@@ -159,18 +166,27 @@ class HotCounter(_Metric):
 
 
 class _GaugeChild:
-    __slots__ = ("_cells",)
+    __slots__ = ("_cells", "_local")
 
     def __init__(self) -> None:
         self._cells = Cells(1)
+        self._local = self._cells.local
 
     def inc(self, amount: float = 1) -> None:
         """Add ``amount``."""
-        self._cells.mine()[0] += amount
+        try:
+            cell = self._local.cell
+        except AttributeError:
+            cell = self._cells.mine()
+        cell[0] += amount
 
     def dec(self, amount: float = 1) -> None:
         """Subtract ``amount`` (a thread's own cell may go negative; the sum does not)."""
-        self._cells.mine()[0] -= amount
+        try:
+            cell = self._local.cell
+        except AttributeError:
+            cell = self._cells.mine()
+        cell[0] -= amount
 
     def get(self) -> float:
         """The current value."""
@@ -194,17 +210,21 @@ class HotGauge(_Metric):
 
 
 class _HistogramChild:
-    __slots__ = ("_bounds", "_cells", "_n")
+    __slots__ = ("_bounds", "_cells", "_local", "_n")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self._bounds = bounds
         self._n = len(bounds)
         # One count per bucket (non-cumulative), then the sum of the observations.
         self._cells = Cells(self._n + 1)
+        self._local = self._cells.local
 
     def observe(self, amount: float) -> None:
         """Record one observation."""
-        cell = self._cells.mine()
+        try:
+            cell = self._local.cell
+        except AttributeError:
+            cell = self._cells.mine()
         cell[bisect_left(self._bounds, amount)] += 1
         cell[self._n] += amount
 

@@ -205,9 +205,9 @@ class OutputPlan:
             raise InvalidArgument(f"outputs: {model} has no {missing[0]} output (it has: {kinds})")
         return [have[k] for k in OUTPUT_KINDS if k in wanted]
 
-    @property
+    @functools.cached_property
     def served(self) -> tuple[str, ...]:
-        """The ONNX names of the outputs served (labels, probabilities, values)."""
+        """The ONNX names of the outputs served (labels, probabilities, values; made once)."""
         return tuple(n for n in (self.label, self.probabilities, self.values) if n is not None)
 
     def resolve(self, requested: Sequence[str], model: str) -> list[str]:

@@ -108,26 +108,27 @@ class VersionStats:
     def record_request(self, ok: bool, rows: int, seconds: float) -> None:
         """One request finished (``ok`` or not) after ``seconds``, answering ``rows`` rows."""
         counts = self._mine().counts
+        ns = int(seconds * 1e9) if seconds > 0 else 0
         if ok:
             counts[_OK_N] += 1
-            counts[_OK_NS] += _ns(seconds)
+            counts[_OK_NS] += ns
             counts[_ROWS] += rows
         else:
             counts[_FAIL_N] += 1
-            counts[_FAIL_NS] += _ns(seconds)
+            counts[_FAIL_NS] += ns
         self._last_ms = int(time.time() * 1000)
 
     def record_execution(self, rows: int, seconds: float, waited: float | None = None) -> None:
         """One onnxruntime run over ``rows`` rows took ``seconds``; ``waited`` (when
         given) is the queue wait of its one request (as ``record_queue``)."""
-        ns = _ns(seconds)
+        ns = int(seconds * 1e9) if seconds > 0 else 0  # _ns, inlined: once per run
         cell = self._mine()
         counts = cell.counts
         counts[_RUN_N] += 1
         counts[_RUN_NS] += ns
         if waited is not None:
             counts[_QUEUE_N] += 1
-            counts[_QUEUE_NS] += _ns(waited)
+            counts[_QUEUE_NS] += int(waited * 1e9) if waited > 0 else 0
         batch = cell.batches.get(rows)
         if batch is None:
             batch = cell.batches[rows] = [0, 0]
