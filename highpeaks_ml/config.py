@@ -277,10 +277,11 @@ class Settings(BaseSettings):
     )
     # From docs/serving.md's measurement: a trip to the inference thread pool
     # costs ~130-190 µs of thread wake-ups, far more than a 1-row run of a small
-    # model (5-40 µs); running such a run on the event loop blocks it for less
-    # than parsing a request does.
+    # model (5-40 µs). 200 µs: a run cheaper than the trip it saves stays on the
+    # loop (at 100 µs a 50-tree forest, 20-100 µs a row on a busy 2-core host,
+    # flipped to the pool for a quarter of its runs under 8 callers).
     inline_inference_us: int = Field(
-        100,
+        200,
         ge=0,
         description="Requests of at most 8 rows run on the event loop instead of the "
         "inference thread pool while their version's small runs take under this (µs, "
