@@ -263,6 +263,10 @@ class InputPlan:
     )
 
     @functools.cached_property
+    def _slot_names(self) -> frozenset[str]:
+        return frozenset(s.name for s in self.slots)
+
+    @functools.cached_property
     def label(self) -> str:
         """``model 'x' version N`` for messages (made once: every request names it)."""
         return f"model {self.model_name!r} version {self.version}"
@@ -344,7 +348,8 @@ class InputPlan:
     def _named_feeds(self, data: TensorsInput, max_rows: int) -> tuple[dict[str, np.ndarray], int]:
         given = data.tensors
         order = [s.name for s in self.slots]
-        problems = _key_problems(given, order, "input")
+        # Exactly the inputs (the common case) needs no problem report.
+        problems = "" if given.keys() == self._slot_names else _key_problems(given, order, "input")
         if problems:
             raise InvalidArgument(
                 f"inputs: {problems} ({self.label} takes {len(order)}: {', '.join(order)})"

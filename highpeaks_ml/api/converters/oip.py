@@ -30,6 +30,7 @@ optional model properties): ``allows_missing.<input>`` and ``features``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import traceback
@@ -100,6 +101,19 @@ def required(value: str, field: str) -> str:
 
 
 def _naming(name: str, index: int) -> Naming:
+    """How refusals name input ``name``: every request needs one, few use it, so
+    those of short names (the real ones) are made once per name and position."""
+    if len(name) <= 64:
+        return _naming_cached(name, index)
+    return _make_naming(name, index)
+
+
+@functools.lru_cache(maxsize=256)
+def _naming_cached(name: str, index: int) -> Naming:
+    return _make_naming(name, index)
+
+
+def _make_naming(name: str, index: int) -> Naming:
     where = f"inputs[{quote(name)}]"
     return Naming(
         tensor=where,
@@ -112,6 +126,8 @@ def _naming(name: str, index: int) -> Naming:
 
 
 def _check_parameters(params: Any, where: str, refused: Sequence[str]) -> None:
+    if not params:  # the common case: no parameters at all
+        return
     for key in refused:
         if key in params:
             raise InvalidArgument(f"{where}.parameters: {key!r} is not supported by this server")
@@ -119,7 +135,8 @@ def _check_parameters(params: Any, where: str, refused: Sequence[str]) -> None:
 
 def _tensor(inp: Any, index: int, raw: bytes | None) -> TensorInput:
     name = inp.name
-    where = f"inputs[{quote(name)}]"
+    naming = _naming(name, index)
+    where = naming.tensor  # inputs['name']
     _check_parameters(inp.parameters, where, _UNSUPPORTED_TENSOR_PARAMS)
     if not inp.datatype:
         raise InvalidArgument(f"{where}.datatype: required ({_SUPPORTED})")
@@ -129,7 +146,6 @@ def _tensor(inp: Any, index: int, raw: bytes | None) -> TensorInput:
             f"{where}.datatype: {quote(inp.datatype)} is not supported (supported: {_SUPPORTED})"
         )
     shape = tuple(inp.shape)
-    naming = _naming(name, index)
     if raw is not None:
         return TensorInput(et.name, shape, raw=raw, naming=naming)
     field = et.oip_contents
