@@ -64,7 +64,7 @@ from grpc import aio
 from highpeaks_ml import __version__, errors
 from highpeaks_ml import metrics as metrics_mod
 from highpeaks_ml.api.context import subject_var
-from highpeaks_ml.api.handlers import HandlerCache, rewrap_handler
+from highpeaks_ml.api.handlers import LayerInterceptor, rewrap_handler
 from highpeaks_ml.config import AuthMode, ConfigError, Settings, read_setting_file
 
 log = logging.getLogger("highpeaks_ml.auth")
@@ -887,7 +887,7 @@ def _refusal(check: _Check) -> grpc.RpcMethodHandler:
     return grpc.stream_stream_rpc_method_handler(refuse)
 
 
-class AuthInterceptor(aio.ServerInterceptor):
+class AuthInterceptor(LayerInterceptor):
     """Checks the caller's token and scope before the handler; sets the subject.
 
     Installed only with ``auth_mode=jwt``; with auth off the error-mapping
@@ -896,7 +896,7 @@ class AuthInterceptor(aio.ServerInterceptor):
 
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
-        self._handlers = HandlerCache()
+        super().__init__()
 
     def wrap_handler(
         self, method: str, handler: grpc.RpcMethodHandler | None
@@ -942,18 +942,9 @@ class AuthInterceptor(aio.ServerInterceptor):
             return _refusal(check)
         return rewrap_handler(handler, lambda behavior, _req, _resp: _wrap(behavior, check))
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        """As a grpc.aio interceptor (the server itself uses ``api/dispatch.Dispatcher``)."""
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or METHOD_SCOPES.get(method) is None:
-            # Not cached: any path a caller sends lands here.
-            return self.wrap_handler(method, handler)  # type: ignore[return-value]
-        return self._handlers.get(method, handler, lambda: self.wrap_handler(method, handler))  # type: ignore[arg-type,return-value]
+    def _keep(self, method: str, handler: grpc.RpcMethodHandler | None) -> bool:
+        # A refusal of a path no scope opens is not kept: callers choose those paths.
+        return handler is not None and METHOD_SCOPES.get(method) is not None
 
 
 def build_auth_interceptor(settings: Settings) -> AuthInterceptor | None:

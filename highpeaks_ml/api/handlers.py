@@ -10,7 +10,7 @@ reads what differs per call (the metadata) from the call's context.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -97,3 +97,38 @@ class HandlerCache:
         wrapped = build()
         self._by_method[method] = (handler, wrapped)
         return wrapped
+
+
+class LayerInterceptor(aio.ServerInterceptor):
+    """A layer (``wrap_handler``, see ``api/dispatch.HandlerLayer``) usable as a grpc.aio
+    interceptor too: the handler it wraps for a method is built once and kept.
+
+    The server applies layers through ``api/dispatch.Dispatcher``; this form is
+    for tests and other servers. ``_keep`` says which wrapped handlers may be
+    kept (default: those of methods that have a handler).
+    """
+
+    def __init__(self) -> None:
+        self._handlers = HandlerCache()
+
+    def wrap_handler(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None:
+        """``handler`` of ``method`` with this layer around it."""
+        raise NotImplementedError
+
+    def _keep(self, method: str, handler: grpc.RpcMethodHandler | None) -> bool:
+        return handler is not None
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """As a grpc.aio interceptor."""
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not self._keep(method, handler):
+            # Not kept: any path a caller sends may land here.
+            return self.wrap_handler(method, handler)  # type: ignore[return-value]
+        return self._handlers.get(method, handler, lambda: self.wrap_handler(method, handler))  # type: ignore[arg-type,return-value]

@@ -28,7 +28,7 @@ from highpeaks_ml import errors
 from highpeaks_ml.api.auth import KNOWN_METHODS
 from highpeaks_ml.api.context import NO_SUBJECT, subject_var
 from highpeaks_ml.api.errors import status_for
-from highpeaks_ml.api.handlers import HandlerCache, before, rewrap_handler
+from highpeaks_ml.api.handlers import LayerInterceptor, before, rewrap_handler
 from highpeaks_ml.config import RpcLog
 from highpeaks_ml.logs import request_id_var
 from highpeaks_ml.metrics import Metrics
@@ -324,7 +324,7 @@ def _guard(behavior: Callable[..., Any], streaming_request: bool) -> Callable[..
     return before(behavior, checked)
 
 
-class MalformedRequestInterceptor(aio.ServerInterceptor):
+class MalformedRequestInterceptor(LayerInterceptor):
     """Turns request bytes that do not parse into INVALID_ARGUMENT.
 
     grpc deserialises a request before any handler runs and answers a
@@ -340,7 +340,7 @@ class MalformedRequestInterceptor(aio.ServerInterceptor):
     """
 
     def __init__(self) -> None:
-        self._handlers = HandlerCache()
+        super().__init__()
 
     def wrap_handler(
         self, method: str, handler: grpc.RpcMethodHandler | None
@@ -354,20 +354,8 @@ class MalformedRequestInterceptor(aio.ServerInterceptor):
             request_deserializer=_tolerant(handler.request_deserializer),
         )
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        """As a grpc.aio interceptor (the server itself uses ``api/dispatch.Dispatcher``)."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        return self._handlers.get(method, handler, lambda: self.wrap_handler(method, handler))  # type: ignore[arg-type,return-value]
 
-
-class ErrorMappingInterceptor(aio.ServerInterceptor):
+class ErrorMappingInterceptor(LayerInterceptor):
     """Wraps every method handler with request ids, logging, metrics and error mapping.
 
     ``metrics`` (optional) receives the RPC counters; ``lifecycle`` (optional)
@@ -393,7 +381,7 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
         self.default_subject = default_subject
         self.rpc_log = rpc_log
         self.malformed = malformed
-        self._handlers = HandlerCache()
+        super().__init__()
         self._series: dict[str, _Series] = {}
 
     def series(self, label: str) -> _Series | None:
@@ -425,18 +413,6 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
             return rewrap_handler(handler, wrap)
         tolerant = _tolerant(handler.request_deserializer)
         return rewrap_handler(handler, wrap, request_deserializer=tolerant)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        """As a grpc.aio interceptor (the server itself uses ``api/dispatch.Dispatcher``)."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler  # unknown method: grpc answers UNIMPLEMENTED
-        method = handler_call_details.method
-        return self._handlers.get(method, handler, lambda: self.wrap_handler(method, handler))  # type: ignore[arg-type,return-value]
 
 
 class _Series:

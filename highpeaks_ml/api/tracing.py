@@ -47,7 +47,7 @@ import grpc
 from grpc import aio
 
 from highpeaks_ml import __version__
-from highpeaks_ml.api.handlers import HandlerCache, rewrap_handler
+from highpeaks_ml.api.handlers import LayerInterceptor, rewrap_handler
 from highpeaks_ml.serving.manager import REQUEST_TIMING, RequestTiming
 
 if TYPE_CHECKING:
@@ -308,12 +308,12 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str, trace
     return handler
 
 
-class TracingInterceptor(aio.ServerInterceptor):
+class TracingInterceptor(LayerInterceptor):
     """Outermost interceptor (only built when tracing is on): a server span per RPC."""
 
     def __init__(self, tracer: Any) -> None:
         self.tracer = tracer
-        self._handlers = HandlerCache()
+        super().__init__()
 
     def wrap_handler(
         self, method: str, handler: grpc.RpcMethodHandler | None
@@ -329,18 +329,6 @@ class TracingInterceptor(aio.ServerInterceptor):
             return _wrap_unary(behavior, method, tracer)
 
         return rewrap_handler(handler, wrap)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        """As a grpc.aio interceptor (the server itself uses ``api/dispatch.Dispatcher``)."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        return self._handlers.get(method, handler, lambda: self.wrap_handler(method, handler))  # type: ignore[arg-type,return-value]
 
 
 __all__ = ["EXPORTERS", "JobTracing", "Tracing", "TracingInterceptor", "setup"]
