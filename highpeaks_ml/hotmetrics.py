@@ -123,6 +123,12 @@ class _Metric:
 
     def collect(self) -> Iterator[Metric]:
         """The family with one sample set per child."""
+        family = self._family()
+        for key, child in self._items():
+            self._add(family, list(key), child)
+        yield family
+
+    def _add(self, family: Any, labels: list[str], child: Any) -> None:
         raise NotImplementedError
 
 
@@ -158,11 +164,8 @@ class HotCounter(_Metric):
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterator[Metric]:
-        family = self._family()
-        for key, child in self._items():
-            family.add_metric(list(key), child.get(), created=child.created)
-        yield family
+    def _add(self, family: Any, labels: list[str], child: Any) -> None:
+        family.add_metric(labels, child.get(), created=child.created)
 
 
 class _GaugeChild:
@@ -202,11 +205,8 @@ class HotGauge(_Metric):
     def _family(self) -> GaugeMetricFamily:
         return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterator[Metric]:
-        family = self._family()
-        for key, child in self._items():
-            family.add_metric(list(key), child.get())
-        yield family
+    def _add(self, family: Any, labels: list[str], child: Any) -> None:
+        family.add_metric(labels, child.get())
 
 
 class _HistogramChild:
@@ -270,12 +270,9 @@ class HotHistogram(_Metric):
     def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterator[Metric]:
-        family = self._family()
-        for key, child in self._items():
-            buckets, total = child.buckets()
-            family.add_metric(list(key), buckets, total)
-        yield family
+    def _add(self, family: Any, labels: list[str], child: Any) -> None:
+        buckets, total = child.buckets()
+        family.add_metric(labels, buckets, total)
 
 
 __all__ = ["Cells", "HotCounter", "HotGauge", "HotHistogram"]
