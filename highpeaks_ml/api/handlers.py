@@ -1,10 +1,13 @@
-"""Rebuilding a grpc method handler around wrapped behaviour (used by every interceptor).
+"""Rebuilding a grpc method handler around wrapped behaviour (used by every layer).
 
-grpc.aio calls every interceptor for every RPC. Rebuilding the handler each
-time (new closures, a new handler object) was most of what the interceptors
-cost per call (docs/serving.md, "Where the batch-1 time goes"), so each
-interceptor keeps the handler it built per method in a ``HandlerCache`` and
-reads what differs per call (the metadata) from the call's context.
+The layers (error mapping, authentication, malformed requests, tracing) say
+how to wrap one method's behaviour; ``rewrap_handler`` rebuilds the handler of
+whichever of the four RPC kinds it is. The server applies them once per method
+(``api/dispatch.Dispatcher``); ``LayerInterceptor`` gives a layer the form of a
+grpc.aio interceptor for tests and other servers, keeping the handler it built
+per method in a ``HandlerCache`` (grpc.aio calls an interceptor on every RPC;
+rebuilding the handler each time was most of what interceptors cost per call,
+docs/serving.md).
 """
 
 from __future__ import annotations
