@@ -406,7 +406,7 @@ def _minimal_rows(
     rounds = 3 if quick else 5
     lat_per = 200 if quick else 500
     rate_s = 1.0 if quick else 2.0
-    big_per = 5 if quick else 10
+    big_per = 10 if quick else 30  # a 1,000-row call swings more than a 1-row one
     firsts = 3 if quick else 5
     files = {}
     for name, (data, _, _) in models.items():
