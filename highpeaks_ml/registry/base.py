@@ -295,12 +295,15 @@ def check_publish_args(
     aliases: tuple[str, ...],
     artifacts: Mapping[str, bytes] | None = None,
 ) -> None:
-    """Validate a publish's name, aliases, artifact names (when given), source and task."""
+    """Validate a publish's name, aliases, artifacts (when given: names, and bytes
+    for values), source and task."""
     validate_name(name)
     for alias in aliases:
         validate_alias(alias)
-    for artifact in artifacts or {}:
+    for artifact, data in (artifacts or {}).items():
         validate_artifact_name(artifact)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidArgument(f"artifact {artifact!r} is not bytes")
     if meta.source not in _SOURCES:
         raise InvalidArgument(f"invalid source {meta.source!r}: use 'trained' or 'imported'")
     if meta.task not in _TASKS:

@@ -476,8 +476,7 @@ class LocalModelStore(ModelStore):
     ) -> VersionMeta:
         """Register ``onnx_bytes`` (and ``artifacts``) as the next version of ``name``
         (see the module doc)."""
-        check_publish_args(name, meta, aliases)
-        _check_artifact_names(artifacts)
+        check_publish_args(name, meta, aliases, artifacts)
         if not onnx_bytes:
             raise InvalidArgument("the model file is empty")
         with self.scratch() as lease:
@@ -510,8 +509,7 @@ class LocalModelStore(ModelStore):
         removed): after a successful call ``onnx_path`` no longer exists. If
         ``meta.sha256`` is set it must match the file (InvalidArgument otherwise).
         """
-        check_publish_args(name, meta, aliases)
-        _check_artifact_names(artifacts)
+        check_publish_args(name, meta, aliases, artifacts)
         src = Path(onnx_path)
         if not src.is_file():
             raise InvalidArgument("the model file to publish does not exist")
@@ -702,13 +700,6 @@ class LocalModelStore(ModelStore):
 
 
 # --- module helpers ------------------------------------------------------------
-
-
-def _check_artifact_names(artifacts: Mapping[str, bytes] | None) -> None:
-    for artifact, data in (artifacts or {}).items():
-        validate_artifact_name(artifact)
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise InvalidArgument(f"artifact {artifact!r} is not bytes")
 
 
 def _stage_artifacts(

@@ -72,3 +72,11 @@ def test_publish_file_carries_artifacts(store, tmp_path):
     src.write_bytes(ONNX)
     stored = store.publish_file("m", src, _meta(), artifacts={"profile.json": b"[]"})
     assert store.read_artifact("m", stored.version, "profile.json") == b"[]"
+
+
+def test_an_artifact_that_is_not_bytes_refuses_the_publish(store):
+    # check_publish_args, shared by both stores, says so before anything is written.
+    with pytest.raises(InvalidArgument, match=r"'report\.json' is not bytes"):
+        store.publish("m", ONNX, _meta(), artifacts={"report.json": "{}"})  # type: ignore[dict-item]
+    with pytest.raises(NotFound):
+        store.get_model("m")
