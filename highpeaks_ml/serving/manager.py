@@ -508,13 +508,13 @@ class ModelManager:
         # (each coroutine level costs on every call; docs/serving.md).
         meta = self._resolve_in_view(query.name, query.version, query.alias)
         if meta is None:
-            meta = await self.resolve(query.name, query.version, query.alias)
+            meta = await self._resolve_in_store(query.name, query.version, query.alias)
         stats = self._stats_for(meta.model_name, meta.version)
         started = time.perf_counter()
         try:
             lv = self._loaded_now(meta)
             if lv is None:
-                lv = await self.get_loaded(meta)
+                lv = await self._load_missing(meta)
             pred = await self._predict_on(lv, query)
         except BaseException:
             # Invalid input, a load failure, a deadline or a cancellation.
@@ -610,7 +610,13 @@ class ModelManager:
         meta = self._resolve_in_view(name, version, alias)
         if meta is not None:
             return meta
-        # Not in the view: maybe created by another process since the last re-read.
+        return await self._resolve_in_store(name, version, alias)
+
+    async def _resolve_in_store(
+        self, name: str, version: int | None, alias: str | None
+    ) -> VersionMeta:
+        """``resolve`` for what the view does not know: maybe created by another
+        process since the last re-read."""
         meta = await asyncio.to_thread(self.registry.resolve, name, version, alias)
         self._schedule_refresh(name)
         return meta
@@ -639,6 +645,11 @@ class ModelManager:
         lv = self._loaded_now(meta)
         if lv is not None:
             return lv
+        return await self._load_missing(meta)
+
+    async def _load_missing(self, meta: VersionMeta) -> LoadedVersion:
+        """``get_loaded`` for a version not loaded now: load it, unless it failed
+        within ``FAILED_RETRY_S`` (Unavailable with that failure)."""
         key = (meta.model_name, meta.version)
         entry = self._entries.setdefault(key, _Entry())
         if entry.state == "failed" and time.monotonic() - entry.failed_at < FAILED_RETRY_S:
