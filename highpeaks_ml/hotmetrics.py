@@ -20,8 +20,8 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -32,43 +32,57 @@ from prometheus_client.core import (
 )
 
 _INF = float("inf")
+T = TypeVar("T")
 
 
-class Cells:
-    """One list of ``size`` numbers per thread; ``total()`` adds them up.
+class PerThread(Generic[T]):
+    """One ``make()`` per thread, and the list of all of them.
 
-    Each thread increments its own list only, so nothing is lost without a
-    lock; a reader sees every completed increment of every thread (list item
-    stores are atomic), perhaps not one made while it reads.
+    Each thread writes only its own, so nothing is lost without a lock; a
+    reader sees every completed update of every thread (item stores are
+    atomic), perhaps not one made while it reads.
     """
 
-    __slots__ = ("_all", "_lock", "_size", "local")
+    __slots__ = ("_all", "_lock", "_make", "local")
 
-    def __init__(self, size: int) -> None:
-        self._size = size
-        #: ``local.cell`` is this thread's cell once ``mine()`` made it (callers on
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        #: ``local.cell`` is this thread's once ``mine()`` made it (callers on
         #: the hot path read it directly and call ``mine()`` on AttributeError).
         self.local = threading.local()
-        self._all: list[list[float]] = []
-        self._lock = threading.Lock()
+        self._all: list[T] = []
+        self._lock = threading.Lock()  # guards the list only
 
-    def mine(self) -> list[float]:
-        """This thread's cell (made on its first use)."""
+    def mine(self) -> T:
+        """This thread's (made on its first use)."""
         try:
             return self.local.cell  # type: ignore[no-any-return]
         except AttributeError:
-            cell: list[float] = [0] * self._size
+            cell = self._make()
             with self._lock:
                 self._all.append(cell)
             self.local.cell = cell
             return cell
 
+    def all(self) -> list[T]:
+        """Every thread's, as they are now."""
+        with self._lock:
+            return list(self._all)
+
+
+class Cells(PerThread[list[float]]):
+    """One list of ``size`` numbers per thread; ``total()`` adds them up."""
+
+    __slots__ = ("_size",)
+
+    def __init__(self, size: int) -> None:
+        super().__init__(lambda: [0] * size)
+        self._size = size
+
     def total(self) -> list[float]:
         """Every thread's cell added up, position by position."""
-        with self._lock:
-            cells = list(self._all)
         out: list[float] = [0] * self._size
-        for cell in cells:
+        for cell in self.all():
             for i, v in enumerate(cell):
                 out[i] += v
         return out
@@ -275,4 +289,4 @@ class HotHistogram(_Metric):
         family.add_metric(labels, buckets, total)
 
 
-__all__ = ["Cells", "HotCounter", "HotGauge", "HotHistogram"]
+__all__ = ["Cells", "HotCounter", "HotGauge", "HotHistogram", "PerThread"]

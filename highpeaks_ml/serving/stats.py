@@ -21,9 +21,10 @@ threads, requests from the event loop, each into the thread's own cell.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
+
+from highpeaks_ml.hotmetrics import PerThread
 
 
 @dataclass(frozen=True)
@@ -83,27 +84,16 @@ class VersionStats:
     """Counters of one model version (see the module docstring).
 
     Every prediction records here, so each thread counts into a cell of its
-    own, without a lock (the same scheme as ``hotmetrics.Cells``), and a
+    own, without a lock (``hotmetrics.PerThread``, as the hot metrics), and a
     snapshot adds the cells up.
     """
 
     def __init__(self, model_name: str, version: int) -> None:
         self.model_name = model_name
         self.version = version
-        self._local = threading.local()
-        self._cells: list[_Cell] = []
-        self._lock = threading.Lock()  # guards the list of cells only
+        self._cells = PerThread(_Cell)
+        self._mine = self._cells.mine
         self._last_ms = 0
-
-    def _mine(self) -> _Cell:
-        try:
-            return self._local.cell  # type: ignore[no-any-return]
-        except AttributeError:
-            cell = _Cell()
-            with self._lock:
-                self._cells.append(cell)
-            self._local.cell = cell
-            return cell
 
     def record_request(self, ok: bool, rows: int, seconds: float) -> None:
         """One request finished (``ok`` or not) after ``seconds``, answering ``rows`` rows."""
@@ -143,8 +133,7 @@ class VersionStats:
 
     def snapshot(self) -> StatsSnapshot:
         """The counters of every thread added up."""
-        with self._lock:
-            cells = list(self._cells)
+        cells = self._cells.all()
         c = [0] * 9
         batches: dict[int, list[int]] = {}
         for cell in cells:
