@@ -339,9 +339,6 @@ class MalformedRequestInterceptor(LayerInterceptor):
     read with ``context.read()`` would see the marker; none does).
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-
     def wrap_handler(
         self, method: str, handler: grpc.RpcMethodHandler | None
     ) -> grpc.RpcMethodHandler | None:
