@@ -239,6 +239,7 @@ class _Accepted:
     """What checking a raw tensor of an accepted signature still needs."""
 
     row_bytes: int
+    row_elements: int
     sent: np.dtype[Any]
     target: np.dtype[Any] | None
     finite: bool
@@ -466,6 +467,7 @@ class InputPlan:
             sent = NUMPY_DTYPES[t.dtype]
             self._accepted[(slot.name, t.dtype, shape[1:])] = _Accepted(
                 row_bytes=math.prod(shape[1:]) * sent.itemsize,
+                row_elements=math.prod(shape[1:]),
                 sent=sent,
                 target=NUMPY_DTYPES[slot.dtype] if t.dtype != slot.dtype else None,
                 finite=slot.dtype in _FLOATS,
@@ -550,12 +552,11 @@ class InputPlan:
         labels = probabilities = values = None
         for name, arr in zip(names, arrays, strict=True):
             if name == o.label:
-                labels = arr.reshape(-1) if arr.ndim == 2 and arr.shape[1] == 1 else arr
+                labels = served_output("labels", arr)
             elif name == o.probabilities:
-                probabilities = arr if arr.dtype == np.float32 else arr.astype(np.float32)
+                probabilities = served_output("probabilities", arr)
             elif name == o.values:
-                v = arr.reshape(-1) if arr.ndim == 2 and arr.shape[1] == 1 else arr
-                values = v if v.dtype == np.float32 else v.astype(np.float32)
+                values = served_output("values", arr)
         return Prediction(
             model_name=self.model_name,
             version=self.version,
@@ -582,6 +583,16 @@ class InputPlan:
 
 
 # --- helpers ---------------------------------------------------------------
+
+
+def served_output(kind: str, arr: np.ndarray) -> np.ndarray:
+    """onnxruntime's output ``arr`` as a ``Prediction`` serves it as ``kind`` ("labels",
+    "probabilities" or "values"): one label or value per row, float32 scores."""
+    if kind != "probabilities" and arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr.reshape(-1)
+    if kind == "labels" or arr.dtype == np.float32:
+        return arr
+    return arr.astype(np.float32)
 
 
 def _dim(d: Any) -> int:

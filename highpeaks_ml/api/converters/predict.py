@@ -19,7 +19,7 @@ from highpeaks_ml.api.errors import status_for
 from highpeaks_ml.errors import InvalidArgument
 from highpeaks_ml.serving.inputs import Prediction, RowsInput, TensorInput
 from highpeaks_ml.serving.manager import PredictQuery
-from highpeaks_ml.tensors import BY_PROTO, ELEMENT_TYPES, write_tensor
+from highpeaks_ml.tensors import BY_PROTO, ELEMENT_TYPES, raw_tensor_fields, write_tensor
 from highpeaks_ml.v1 import common_pb2, predict_pb2
 
 log = logging.getLogger("highpeaks_ml.api")
@@ -143,6 +143,8 @@ def response_from_prediction(
     pred: Prediction, request_id: str, raw: bool
 ) -> predict_pb2.PredictResponse:
     """The ``PredictResponse`` for a domain ``Prediction``."""
+    if raw:
+        return _raw_response(pred, request_id)
     resp = predict_pb2.PredictResponse(
         model_name=pred.model_name,
         model_version=pred.version,
@@ -156,6 +158,35 @@ def response_from_prediction(
         resp.class_labels.extend(pred.class_labels)
     if pred.values is not None:
         write_tensor(pred.values, raw, resp.values)
+    return resp
+
+
+def _raw_response(pred: Prediction, request_id: str) -> predict_pb2.PredictResponse:
+    # Every numeric output as constructor arguments: one message construction
+    # (the common case of every prediction answered raw; docs/serving.md).
+    fields: dict[str, Any] = {}
+    odd: list[tuple[str, Any]] = []
+    for name, arr in (
+        ("labels", pred.labels),
+        ("probabilities", pred.probabilities),
+        ("values", pred.values),
+    ):
+        if arr is not None:
+            found = raw_tensor_fields(arr)
+            if found is None:
+                odd.append((name, arr))
+            else:
+                fields[name] = found
+    resp = predict_pb2.PredictResponse(
+        model_name=pred.model_name,
+        model_version=pred.version,
+        id=request_id,
+        execution_provider=pred.provider,
+        class_labels=pred.class_labels if pred.probabilities is not None else (),
+        **fields,
+    )
+    for name, arr in odd:  # strings, or types write_tensor normalises
+        write_tensor(arr, True, getattr(resp, name))
     return resp
 
 
