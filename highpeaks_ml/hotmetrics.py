@@ -164,6 +164,11 @@ class _CounterChild:
             cell = self._cells.mine()
         cell[0] += amount
 
+    def cell(self) -> list[float]:
+        """This thread's cell, ``[total]``: for a recorder that writes several series in
+        one Python frame (serving/fastlane.py); only this thread may write it."""
+        return self._cells.mine()
+
     def get(self) -> float:
         """The current total."""
         return self._cells.total()[0]
@@ -224,9 +229,11 @@ class HotGauge(_Metric):
 
 
 class _HistogramChild:
-    __slots__ = ("_bounds", "_cells", "_local", "_n")
+    __slots__ = ("_bounds", "_cells", "_local", "_n", "bounds")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
+        #: The buckets' upper bounds, ``+Inf`` last.
+        self.bounds = bounds
         self._bounds = bounds
         self._n = len(bounds)
         # One count per bucket (non-cumulative), then the sum of the observations.
@@ -241,6 +248,11 @@ class _HistogramChild:
             cell = self._cells.mine()
         cell[bisect_left(self._bounds, amount)] += 1
         cell[self._n] += amount
+
+    def cell(self) -> list[float]:
+        """This thread's cell: one count per bucket (``bisect_left(bounds, amount)``, not
+        cumulative), then the sum. As ``_CounterChild.cell``: for one-frame recorders."""
+        return self._cells.mine()
 
     def buckets(self) -> tuple[list[tuple[str, float]], float]:
         """(cumulative ``(le, count)`` pairs, sum)."""

@@ -182,9 +182,9 @@ class LoadedVersion:
         inline_limit_s: float = 0.0,
     ) -> None:
         self.meta = meta
+        self.provider = provider
         self.session = session
         self.plan = plan
-        self.provider = provider
         self.all_outputs = plan.outputs.names(frozenset(), plan.label)
         #: Its metric series, looked up once (metrics.VersionSeries).
         self.series = metrics.VersionSeries(meta.model_name, meta.version)
@@ -207,6 +207,18 @@ class LoadedVersion:
         #: Estimated seconds per row of runs of more than INLINE_MAX_ROWS rows (wall
         #: time: onnxruntime may spread them over its intra-op threads).
         self.row_cost_s = float("inf")
+
+    @property
+    def session(self) -> Any:
+        """The onnxruntime session (settable: ``session_run`` follows it)."""
+        return self._session
+
+    @session.setter
+    def session(self, session: Any) -> None:
+        self._session = session
+        #: What the runs call: the session's ``run``, or for a CPU session its C++
+        #: ``run`` directly (``_direct_run``).
+        self.session_run = _direct_run(session, self.provider)
 
     def inline_ok(self, feeds: dict[str, np.ndarray], rows: int) -> bool:
         """Whether a run of ``feeds`` (``rows`` rows) is cheap enough for the event loop.
@@ -295,7 +307,7 @@ class LoadedVersion:
         small = rows <= INLINE_MAX_ROWS
         cpu = time.thread_time() if small else 0.0
         started = time.perf_counter()
-        outs: list[np.ndarray] = self.session.run(self.all_outputs, feeds, run_options)
+        outs: list[np.ndarray] = self.session_run(self.all_outputs, feeds, run_options)
         elapsed = time.perf_counter() - started
         if timing is not None:
             timing.started, timing.ended = started, started + elapsed
@@ -342,6 +354,31 @@ class _Entry:
     loading: asyncio.Future[LoadedVersion] | None = None
 
 
+def _direct_run(session: Any, provider: str) -> Any:
+    """The C++ ``run`` of a CPU ``onnxruntime.InferenceSession``, else its ``run``.
+
+    ``InferenceSession.run`` is Python around the C++ call: it checks that
+    every input is fed (the plan checked that already), that no OrtValue
+    belongs to another session (feeds here are numpy arrays), that WebGPU
+    graph capture is off (it is never on here), and on an execution-provider
+    failure falls back to the CPU provider, which a CPU session does not
+    need. Five Python frames per run (~4 µs in a loop, more in the server);
+    a CUDA session keeps the wrapper for its fallback. Anything that is not
+    an ``InferenceSession`` (a test's wrapper) or has no ``_sess`` (another
+    onnxruntime version) keeps ``run``.
+    """
+    import onnxruntime as ort
+
+    inner = getattr(session, "_sess", None)
+    if (
+        provider == providers.CPU
+        and isinstance(session, ort.InferenceSession)
+        and callable(getattr(inner, "run", None))
+    ):
+        return inner.run  # type: ignore[union-attr]
+    return session.run
+
+
 def _targets(info: ModelInfo) -> set[int]:
     """Versions a model's callers reach without a number: aliased ones and the latest."""
     return {*info.aliases.values(), info.latest.version}
@@ -386,6 +423,10 @@ class ModelManager:
         self._entries: dict[tuple[str, int], _Entry] = {}
         self._cache: OrderedDict[tuple[str, int], LoadedVersion] = OrderedDict()
         self._stats: dict[tuple[str, int], VersionStats] = {}
+        #: The compiled request paths callers used (serving/fastlane.py), by the
+        #: reference as the API spells it. Emptied by every change of the view or
+        #: of the session cache (``_changed``): a lane never outlives what it resolved.
+        self.lanes: dict[Any, Any] = {}
         workers = max(2, providers.usable_cores())
         self._infer = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
         self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="model-load")
@@ -411,6 +452,7 @@ class ModelManager:
         infos = await asyncio.to_thread(self.registry.list_models)
         self._models = {i.name: i for i in infos if i.versions}
         self._served = {n: _target_map(i) for n, i in self._models.items()}
+        self._changed()
         self.registry.add_listener(self._on_change)
         if self.settings.eager_load:
             wanted = _within_budget(
@@ -443,6 +485,7 @@ class ModelManager:
             task.cancel()
         self._cache.clear()
         self._entries.clear()
+        self._changed()
         metrics.set_loaded_sessions(0, 0)
         self._infer.shutdown(wait=False, cancel_futures=True)
         self._loader.shutdown(wait=False, cancel_futures=True)
@@ -718,6 +761,7 @@ class ModelManager:
         entry.state, entry.error, entry.loaded = "ready", "", lv
         self._cache[key] = lv
         self._cache.move_to_end(key)
+        self._changed()
         self._evict()
         metrics.record_model_load(meta.model_name, time.perf_counter() - started, ok=True)
         self._report_loaded()
@@ -852,8 +896,13 @@ class ModelManager:
                 extra={"bytes": newest.meta.size_bytes, "limit_bytes": limit},
             )
 
+    def _changed(self) -> None:
+        """The view or the session cache changed: forget every lane (see ``lanes``)."""
+        self.lanes.clear()
+
     def _unload(self, key: tuple[str, int]) -> None:
         self._cache.pop(key, None)
+        self._changed()
         entry = self._entries.get(key)
         if entry is not None and entry.state == "ready":
             entry.state, entry.loaded = "unloaded", None
@@ -999,6 +1048,7 @@ class ModelManager:
             if info is None or not info.versions:
                 self._models.pop(name, None)
                 self._served.pop(name, None)
+                self._changed()
                 if self._held.pop(name, None):
                     metrics.set_targets_held(name, 0)
                 for key in [k for k in self._entries if k[0] == name]:
@@ -1041,6 +1091,7 @@ class ModelManager:
                     served[target] = v
             self._models[name] = info
             self._served[name] = served
+            self._changed()
             if held:
                 self._held[name] = held
             else:

@@ -125,6 +125,26 @@ class VersionStats:
         batch[0] += 1
         batch[1] += ns
 
+    def record_inline(self, rows: int, seconds: float, total: float) -> None:
+        """One request answered by one run of its own, started at once (on the event
+        loop): ``record_execution(rows, seconds, 0.0)`` and ``record_request(True, rows,
+        total)`` in one call (serving/fastlane.py; each call is a frame per prediction)."""
+        ns = int(seconds * 1e9) if seconds > 0 else 0
+        cell = self._mine()
+        counts = cell.counts
+        counts[_RUN_N] += 1
+        counts[_RUN_NS] += ns
+        counts[_QUEUE_N] += 1
+        batch = cell.batches.get(rows)
+        if batch is None:
+            batch = cell.batches[rows] = [0, 0]
+        batch[0] += 1
+        batch[1] += ns
+        counts[_OK_N] += 1
+        counts[_OK_NS] += int(total * 1e9) if total > 0 else 0
+        counts[_ROWS] += rows
+        self._last_ms = int(time.time() * 1000)
+
     def record_queue(self, seconds: float) -> None:
         """One request waited ``seconds`` before its execution started."""
         counts = self._mine().counts

@@ -231,6 +231,13 @@ def stream_infer_response(pred: Prediction, request_id: str, raw: bool) -> Any:
     return msg
 
 
+def stream_response_of(resp: Any) -> Any:
+    """The ModelStreamInferResponse carrying ModelInfer's answer ``resp``."""
+    msg = ModelStreamInferResponse(infer_response=resp)
+    msg.infer_response.parameters[FINAL_RESPONSE_PARAM].bool_param = True
+    return msg
+
+
 def stream_error(exc: BaseException, request_id: str) -> Any:
     """The ModelStreamInferResponse of one failed stream request.
 

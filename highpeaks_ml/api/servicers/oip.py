@@ -21,6 +21,7 @@ import grpc
 from grpc import aio
 
 from highpeaks_ml import __version__
+from highpeaks_ml.api import fastpath
 from highpeaks_ml.api import oip_messages as msgs
 from highpeaks_ml.api.converters import oip as conv
 from highpeaks_ml.api.servicers._streams import pipelined
@@ -69,14 +70,22 @@ class InferenceServicer:
 
     async def ModelInfer(self, request: Any, context: aio.ServicerContext) -> Any:
         """One inference through the serving core the native Predict uses."""
+        models = self.models
+        fast = fastpath.infer(models, request, context)  # None: the general path
+        if fast is not None:
+            return fast
         query, raw = conv.query_from_infer(request)
-        pred = await self.models.predict(query, time_limit=context.time_remaining())
+        pred = await models.predict(query, time_limit=context.time_remaining())
         return conv.infer_response(pred, request.id, raw)
 
     async def _stream_one(self, request: Any, context: aio.ServicerContext) -> Any:
         try:
+            models = self.models
+            fast = fastpath.infer(models, request, context)
+            if fast is not None:
+                return conv.stream_response_of(fast)
             query, raw = conv.query_from_infer(request)
-            pred = await self.models.predict(query, time_limit=context.time_remaining())
+            pred = await models.predict(query, time_limit=context.time_remaining())
             return conv.stream_infer_response(pred, request.id, raw)
         except Exception as exc:  # answered in-stream; the stream goes on
             return conv.stream_error(exc, request.id)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from grpc import aio
 
+from highpeaks_ml.api import fastpath
 from highpeaks_ml.api.converters import predict as conv
 from highpeaks_ml.api.servicers._streams import pipelined
 from highpeaks_ml.v1 import predict_pb2, predict_pb2_grpc
@@ -31,17 +32,24 @@ class PredictServicer(predict_pb2_grpc.PredictServiceServicer):
         self, request: predict_pb2.PredictRequest, context: aio.ServicerContext
     ) -> predict_pb2.PredictResponse:
         """Predicts for one batch of rows."""
+        models = self.models
+        fast = fastpath.native(models, request, context)  # None: the general path
+        if fast is not None:
+            return fast
         query = conv.query_from_proto(request)
-        pred = await self.models.predict(query, time_limit=context.time_remaining())
+        pred = await models.predict(query, time_limit=context.time_remaining())
         return conv.response_from_prediction(pred, request.id, request.raw_output)
 
     async def _one(
         self, request: predict_pb2.PredictRequest, context: aio.ServicerContext
     ) -> predict_pb2.PredictStreamResponse:
         try:
-            query = conv.query_from_proto(request)
-            pred = await self.models.predict(query, time_limit=context.time_remaining())
-            resp = conv.response_from_prediction(pred, request.id, request.raw_output)
+            models = self.models
+            resp = fastpath.native(models, request, context)
+            if resp is None:
+                query = conv.query_from_proto(request)
+                pred = await models.predict(query, time_limit=context.time_remaining())
+                resp = conv.response_from_prediction(pred, request.id, request.raw_output)
         except Exception as exc:  # answered in-stream; the stream goes on
             return conv.stream_error(exc, request.id)
         return predict_pb2.PredictStreamResponse(response=resp, id=request.id)
