@@ -210,6 +210,10 @@ class _GaugeChild:
             cell = self._cells.mine()
         cell[0] -= amount
 
+    def cell(self) -> list[float]:
+        """This thread's cell, ``[value]`` (as ``_CounterChild.cell``)."""
+        return self._cells.mine()
+
     def get(self) -> float:
         """The current value."""
         return self._cells.total()[0]

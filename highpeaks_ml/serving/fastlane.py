@@ -111,15 +111,18 @@ class Lane:
             return None
         return cls(manager, lv)
 
-    def _cells(self) -> tuple[list[float], ...]:
-        """This thread's cells of the version's five serving series (made once per thread)."""
-        s = self.lv.series
+    def _cells(self) -> tuple[Any, ...]:
+        """This thread's cells of the version's five serving series and of its statistics
+        (made once per thread; the statistics' None when the version has none)."""
+        lv = self.lv
+        s = lv.series
         cells = (
             s.batch_rows.cell(),
             s.compute.cell(),
             s.queue.cell(),
             s.inline_runs.cell(),
             s.rows.cell(),
+            lv.stats.cell() if lv.stats is not None else None,
         )
         self._local.cells = cells
         return cells
@@ -186,7 +189,7 @@ class Lane:
             cells = self._local.cells
         except AttributeError:
             cells = self._cells()
-        batch, compute, queue, inline, answered = cells
+        batch, compute, queue, inline, answered, counts = cells
         batch[bisect_left(self._batch_bounds, rows)] += 1
         batch[-1] += rows
         compute[bisect_left(self._compute_bounds, elapsed)] += 1
@@ -198,7 +201,7 @@ class Lane:
             lv.drift.observe(feeds)
         self._cache.move_to_end(self._key)  # recently used (the LRU of sessions)
         if stats is not None:
-            stats.record_inline(rows, elapsed, ended - started)
+            stats.record_inline(rows, elapsed, ended - started, counts)
         return outs, rows
 
 

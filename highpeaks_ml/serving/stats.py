@@ -125,12 +125,16 @@ class VersionStats:
         batch[0] += 1
         batch[1] += ns
 
-    def record_inline(self, rows: int, seconds: float, total: float) -> None:
+    def cell(self) -> _Cell:
+        """This thread's cell (only this thread may write it; see ``record_inline``)."""
+        return self._mine()
+
+    def record_inline(self, rows: int, seconds: float, total: float, cell: _Cell) -> None:
         """One request answered by one run of its own, started at once (on the event
         loop): ``record_execution(rows, seconds, 0.0)`` and ``record_request(True, rows,
-        total)`` in one call (serving/fastlane.py; each call is a frame per prediction)."""
+        total)`` in one call, into this thread's ``cell`` (the caller keeps it: each
+        call and lookup is paid per prediction; serving/fastlane.py)."""
         ns = int(seconds * 1e9) if seconds > 0 else 0
-        cell = self._mine()
         counts = cell.counts
         counts[_RUN_N] += 1
         counts[_RUN_NS] += ns
