@@ -287,6 +287,17 @@ class Settings(BaseSettings):
         "inference thread pool while their version's small runs take under this (µs, "
         "measured as it serves); 0 = always the thread pool.",
     )
+    # A 1,000-row, 50-tree forest (~2.7 ms) answered 0.61-0.85x the rows/s through
+    # the thread pool that it did on the loop, with nothing else to serve
+    # (docs/serving.md "Batch 1,000"). 5 ms bounds what a request arriving
+    # during such a run can wait for it.
+    inline_when_idle_us: int = Field(
+        5000,
+        ge=0,
+        description="A larger request also runs on the event loop when no other prediction "
+        "is in flight and its version's measured cost for that many rows is under this "
+        "(µs); a request arriving meanwhile waits at most about this long. 0 = never.",
+    )
 
     # docs/serving.md "Memory allocator": with glibc's defaults each large
     # request page-faulted fresh memory (10,000-row requests: 1.8x rows/s kept).

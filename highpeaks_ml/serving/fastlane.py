@@ -31,6 +31,7 @@ import numpy as np
 
 from highpeaks_ml.serving.manager import (
     _INLINE_PROBATION,
+    _LARGE_ELEMENTS,
     _MEASURE_EVERY,
     INLINE_MAX_BATCH_ELEMENTS,
     INLINE_MAX_ELEMENTS,
@@ -67,6 +68,7 @@ class Lane:
         "_key",
         "_limit",
         "_local",
+        "_manager",
         "_max_rows",
         "_outputs",
         "_queue_zero",
@@ -86,6 +88,7 @@ class Lane:
         self._max_rows = manager.settings.max_predict_rows
         self._limit = lv._inline_limit_s
         self._cache = manager._cache
+        self._manager = manager
         self._key = (lv.meta.model_name, lv.meta.version)
         self._outputs = lv.all_outputs
         series = lv.series
@@ -157,7 +160,13 @@ class Lane:
                 or elements > INLINE_MAX_ELEMENTS
             ):
                 return None
-        elif rows * lv.row_cost_s >= self._limit or elements > INLINE_MAX_BATCH_ELEMENTS:
+        elif (rows * lv.row_cost_s >= self._limit or elements > INLINE_MAX_BATCH_ELEMENTS) and (
+            # ... or LoadedVersion.inline_when_idle_ok, with no other prediction in
+            # flight (a lane's never is: it does not await).
+            self._manager._predicting
+            or elements >= _LARGE_ELEMENTS
+            or rows * lv.row_cost_s >= lv._idle_limit_s
+        ):
             return None
         arr = _frombuffer(raw, dtype=seen.sent).reshape(shape)
         if seen.target is not None:

@@ -180,6 +180,7 @@ class LoadedVersion:
         plan: InputPlan,
         provider: str,
         inline_limit_s: float = 0.0,
+        idle_limit_s: float = 0.0,
     ) -> None:
         self.meta = meta
         self.provider = provider
@@ -195,6 +196,7 @@ class LoadedVersion:
         #: version has no training profile.
         self.drift: VersionDrift | None = None
         self._inline_limit_s = inline_limit_s
+        self._idle_limit_s = idle_limit_s
         #: Estimated seconds of one run of at most INLINE_MAX_ROWS rows, and how
         #: many such runs were measured. Updated from every thread without a
         #: lock: a lost update only nudges an estimate.
@@ -247,6 +249,23 @@ class LoadedVersion:
             return a.size <= most and a.dtype.kind in "biuf"
         return sum(a.size for a in feeds.values()) <= most and all(
             a.dtype.kind in "biuf" for a in feeds.values()
+        )
+
+    def inline_when_idle_ok(self, feeds: dict[str, np.ndarray], rows: int) -> bool:
+        """Whether a run ``inline_ok`` refused may still run on the event loop when it
+        has nothing else to do: its estimate (rows times the measured cost per row
+        of larger runs) is under the ``inline_when_idle_us`` setting.
+
+        A trip to the thread pool costs a large run more than the two wake-ups:
+        a 1,000-row forest (~2.7 ms) answered 0.61-0.85x the rows/s it does on
+        the loop on the 2-core development VM (docs/serving.md). With no other
+        prediction in flight nothing waits for the loop but what arrives during
+        the run, which waits at most about the limit.
+        """
+        return (
+            rows > INLINE_MAX_ROWS
+            and rows * self.row_cost_s < self._idle_limit_s
+            and all(a.dtype.kind in "biuf" for a in feeds.values())
         )
 
     def _note_small_run(self, elapsed: float) -> None:
@@ -427,6 +446,9 @@ class ModelManager:
         #: reference as the API spells it. Emptied by every change of the view or
         #: of the session cache (``_changed``): a lane never outlives what it resolved.
         self.lanes: dict[Any, Any] = {}
+        #: Predictions of the general path in flight (the lanes' never await, so
+        #: they are never in flight while another runs): see inline_when_idle_ok.
+        self._predicting = 0
         workers = max(2, providers.usable_cores())
         self._infer = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
         self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="model-load")
@@ -528,14 +550,17 @@ class ModelManager:
         work stops (a running inference is terminated) and ``DeadlineExceeded``
         is raised. Cancelling the calling task stops the work the same way.
         """
-        if time_limit is None:
-            return await self._predict(query)
-        if time_limit <= 0:
+        if time_limit is not None and time_limit <= 0:
             raise DeadlineExceeded("the deadline passed before the prediction started")
+        self._predicting += 1
         try:
+            if time_limit is None:
+                return await self._predict(query)
             async with asyncio.timeout(time_limit):
                 return await self._predict(query)
         except TimeoutError:
+            if time_limit is None:  # not the deadline's: someone else's to map
+                raise
             log.info(
                 "prediction stopped: deadline exceeded",
                 extra={"model": query.name, "time_limit_s": round(time_limit, 6)},
@@ -544,6 +569,8 @@ class ModelManager:
                 f"deadline exceeded after {time_limit:.3f}s while predicting with model"
                 f" {quote(query.name)}"
             ) from None
+        finally:
+            self._predicting -= 1
 
     async def _predict(self, query: PredictQuery) -> Prediction:
         # The view and the session cache answer almost every request without
@@ -593,8 +620,11 @@ class ModelManager:
                 return plan.assemble(names, plan.empty_outputs(names), lv.provider, 0, as_names)
             if timing is not None:
                 timing.dispatched = time.perf_counter()
-            if lv.inline_ok(feeds, rows):
-                # Cheaper than the hop to the thread pool (see inline_ok).
+            if lv.inline_ok(feeds, rows) or (
+                self._predicting == 1 and lv.inline_when_idle_ok(feeds, rows)
+            ):
+                # Cheaper than the hop to the thread pool (see inline_ok), or the
+                # only prediction in flight (inline_when_idle_ok).
                 outs = lv.run(feeds, queued_at=time.perf_counter(), on_loop=True, timing=timing)
                 lv.series.inline_runs.inc()
                 if timing is not None:
@@ -812,6 +842,7 @@ class ModelManager:
             plan,
             session.get_providers()[0],
             inline_limit_s=0.0 if merging else settings.inline_inference_us / 1e6,
+            idle_limit_s=0.0 if merging else settings.inline_when_idle_us / 1e6,
         )
         lv.drift = self._track_drift(meta)
         if self.settings.warmup:

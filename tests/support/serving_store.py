@@ -179,3 +179,20 @@ class MemoryStore(ModelStore):
     def put_unchecked(self, name: str, data: bytes, meta: VersionMeta) -> VersionMeta:
         """Publish bytes whose sha256 is recorded correctly (for invalid-ONNX tests)."""
         return self.publish(name, data, meta)
+
+
+class GatedStore(MemoryStore):
+    """Resolving model "gated" waits for ``gate`` (then: NotFound): a prediction that
+    stays in flight for as long as a test wants."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def resolve(
+        self, name: str, version: int | None = None, alias: str | None = None
+    ) -> VersionMeta:
+        if name == "gated":
+            self.gate.wait(20)
+            raise NotFound("model 'gated' not found")
+        return super().resolve(name, version, alias)

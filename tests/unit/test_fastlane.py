@@ -29,7 +29,7 @@ from highpeaks_ml.serving import fastlane
 from highpeaks_ml.serving.manager import REQUEST_TIMING, ModelManager, RequestTiming
 from tests.conftest import make_settings
 from tests.support import serving_models as sm
-from tests.support.serving_store import MemoryStore
+from tests.support.serving_store import GatedStore, MemoryStore
 
 # A limit no run on any machine misses: these tests are about the rules.
 GENEROUS = {"inline_inference_us": 1_000_000}
@@ -358,4 +358,32 @@ def test_lanes_kept_are_bounded(tmp_path):
         finally:
             await m.close()
 
+    run(main())
+
+
+def test_the_lane_runs_a_larger_request_only_while_no_other_prediction_is_in_flight(tmp_path):
+    exp = sm.iris_logreg("iris")
+    store = GatedStore()
+    store.publish("iris", exp.onnx, exp.meta)
+    big = build_request("iris", exp.X[:100].astype(np.float32))  # over INLINE_MAX_ROWS
+
+    async def main():
+        # Small-run inlining off: only the idle rule puts a run on the loop.
+        m = await started(store, tmp_path, inline_inference_us=0, inline_when_idle_us=10_000_000)
+        try:
+            await general_native(m, big)
+            assert fastpath.native(m, big, Ctx()) is not None  # alone: the lane runs it
+            store.gate.clear()
+            waiting = asyncio.get_running_loop().create_task(general_native(m, big_gated))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            assert fastpath.native(m, big, Ctx()) is None  # another in flight: general path
+            store.gate.set()
+            with pytest.raises(NotFound):
+                await waiting
+        finally:
+            store.gate.set()
+            await m.close()
+
+    big_gated = build_request("gated", exp.X[:1].astype(np.float32))
     run(main())

@@ -22,7 +22,7 @@ from highpeaks_ml.serving.inputs import RowsInput, TensorInput
 from highpeaks_ml.serving.manager import ModelManager, PredictQuery
 from tests.conftest import ROOT, make_settings
 from tests.support import serving_models as sm
-from tests.support.serving_store import MemoryStore
+from tests.support.serving_store import GatedStore, MemoryStore
 
 
 def run(coro):
@@ -553,6 +553,42 @@ def test_a_version_that_turns_slow_goes_back_to_the_thread_pool(store, tmp_path)
             await m.close()
 
     run(main())
+
+
+def test_a_larger_request_runs_on_the_loop_only_while_no_other_prediction_is_in_flight(tmp_path):
+    store = GatedStore()
+    exp = sm.iris_logreg()
+    store.publish("iris", exp.onnx, exp.meta)
+
+    async def main(idle_us: int) -> tuple[list[int], list[int], int]:
+        # The warm-up measured the cost per row of a 64-row batch; a generous limit,
+        # so the test is about the rule, not this machine's speed. Small-run inlining
+        # off (a 100-row logistic regression is cheaper than the hop): this rule only.
+        m = await started(store, tmp_path, inline_when_idle_us=idle_us, inline_inference_us=0)
+        try:
+            rec = await _recording(m)
+            big = iris_query(n=100)  # over INLINE_MAX_ROWS: not a small run
+            await m.predict(big)
+            alone = list(rec.threads)
+            rec.threads.clear()
+            store.gate.clear()
+            waiting = asyncio.get_running_loop().create_task(m.predict(PredictQuery("gated")))
+            await asyncio.sleep(0.05)  # it waits on the store: a prediction in flight
+            assert not waiting.done()
+            await m.predict(big)
+            store.gate.set()
+            with pytest.raises(NotFound):
+                await waiting
+            return alone, list(rec.threads), threading.get_ident()
+        finally:
+            store.gate.set()
+            await m.close()
+
+    alone, beside, loop_thread = run(main(idle_us=10_000_000))
+    assert alone == [loop_thread]  # nothing else to serve: on the loop
+    assert beside and loop_thread not in beside  # another in flight: the thread pool
+    alone, _, loop_thread = run(main(idle_us=0))
+    assert alone and loop_thread not in alone  # 0 = never
 
 
 def test_small_run_estimate_rises_fast_and_falls_slowly():
