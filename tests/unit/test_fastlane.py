@@ -9,8 +9,10 @@ test_oip_tritonclient, test_metrics ...) go through it on every raw request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,28 @@ async def started(store: MemoryStore, tmp_path: Path, **settings: Any) -> ModelM
     m = ModelManager(make_settings(tmp_path, **{**GENEROUS, **settings}), store)
     await m.start()
     return m
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    store: MemoryStore, tmp_path: Path, **settings: Any
+) -> AsyncIterator[ModelManager]:
+    """A started ModelManager over ``store``, closed at the end."""
+    m = await started(store, tmp_path, **settings)
+    try:
+        yield m
+    finally:
+        await m.close()
+
+
+IRIS = sm.iris_logreg("iris")
+
+
+@pytest.fixture
+def iris_store() -> MemoryStore:
+    store = MemoryStore()
+    store.publish("iris", IRIS.onnx, IRIS.meta)
+    return store
 
 
 async def until(predicate: Any, limit_s: float = 20.0) -> None:
@@ -100,8 +124,7 @@ def test_the_fast_path_answers_exactly_what_the_general_path_answers(kind, tmp_p
     store.publish("m", exp.onnx, exp.meta)
 
     async def main():
-        m = await started(store, tmp_path)
-        try:
+        async with serving(store, tmp_path) as m:
             slot = m._cache[("m", 1)].plan.slots[0].name
             for rows in (1, 3, 50):
                 x = np.ascontiguousarray(exp.X[:rows], dtype=np.float32)
@@ -117,8 +140,6 @@ def test_the_fast_path_answers_exactly_what_the_general_path_answers(kind, tmp_p
                 fast = fastpath.infer(m, ireq, Ctx())
                 assert fast is not None
                 assert wire(fast) == wire(expected)
-        finally:
-            await m.close()
 
     run(main())
 
@@ -128,10 +149,7 @@ def _series(name: str, labels: dict[str, str]) -> float:
     return value or 0.0
 
 
-def test_fast_runs_are_counted_like_every_other_run(tmp_path):
-    exp = sm.iris_logreg("iris")
-    store = MemoryStore()
-    store.publish("iris", exp.onnx, exp.meta)
+def test_fast_runs_are_counted_like_every_other_run(iris_store, tmp_path):
     mv = {"model": "iris", "version": "1"}
     names = {
         "inline": ("highpeaks_ml_inline_inference_runs_total", mv),
@@ -143,9 +161,8 @@ def test_fast_runs_are_counted_like_every_other_run(tmp_path):
     }
 
     async def main():
-        m = await started(store, tmp_path)
-        try:
-            req = build_request("iris", exp.X[:2].astype(np.float32))
+        async with serving(iris_store, tmp_path) as m:
+            req = build_request("iris", IRIS.X[:2].astype(np.float32))
             await general_native(m, req)
             before = {k: _series(*v) for k, v in names.items()}
             (snap_before,) = await m.statistics("iris", 1)
@@ -153,8 +170,6 @@ def test_fast_runs_are_counted_like_every_other_run(tmp_path):
                 assert fastpath.native(m, req, Ctx()) is not None
             after = {k: _series(*v) for k, v in names.items()}
             (snap,) = await m.statistics("iris", 1)
-        finally:
-            await m.close()
         delta = {k: after[k] - before[k] for k in names}
         assert delta == {
             "inline": 7,
@@ -175,33 +190,29 @@ def test_fast_runs_are_counted_like_every_other_run(tmp_path):
     run(main())
 
 
-def test_anything_unusual_goes_to_the_general_path_and_changes_nothing(tmp_path):
-    exp = sm.iris_logreg("iris")
-    store = MemoryStore()
-    store.publish("iris", exp.onnx, exp.meta)
-    x = exp.X[:2].astype(np.float32)
+def test_anything_unusual_goes_to_the_general_path_and_changes_nothing(iris_store, tmp_path):
+    x = IRIS.X[:2].astype(np.float32)
+    nan = build_request("iris", np.array([[1, 2, math.nan, 4]], np.float32))
+    short = build_request("iris", x)
+    short.tensor.raw_data = short.tensor.raw_data[:-4]
+    both = build_request("iris", x)
+    both.tensor.float_values.extend([1.0])
+    too_many = build_request("iris", np.zeros((101, 4), np.float32))
+    zero_rows = build_request("iris", np.zeros((0, 4), np.float32))
+    wide = build_request("iris", np.zeros((1, 5), np.float32))
+    unknown = build_request("nope", x)
+    bad_version = build_request("iris", x)
+    bad_version.model.version = 0
+    picked = build_request("iris", x, outputs=("labels",))
+    refused = (nan, short, both, too_many, wide)
 
     async def main():
-        m = await started(store, tmp_path, max_predict_rows=100)
-        try:
+        async with serving(iris_store, tmp_path, max_predict_rows=100) as m:
             ok = build_request("iris", x)
             await general_native(m, ok)
             assert fastpath.native(m, ok, Ctx()) is not None
             (snap_before,) = await m.statistics("iris", 1)
-
-            nan = build_request("iris", np.array([[1, 2, math.nan, 4]], np.float32))
-            short = build_request("iris", x)
-            short.tensor.raw_data = short.tensor.raw_data[:-4]
-            both = build_request("iris", x)
-            both.tensor.float_values.extend([1.0])
-            too_many = build_request("iris", np.zeros((101, 4), np.float32))
-            zero_rows = build_request("iris", np.zeros((0, 4), np.float32))
-            wide = build_request("iris", np.zeros((1, 5), np.float32))
-            unknown = build_request("nope", x)
-            bad_version = build_request("iris", x)
-            bad_version.model.version = 0
-            picked = build_request("iris", x, outputs=("labels",))
-            for req in (nan, short, both, too_many, zero_rows, wide, unknown, bad_version, picked):
+            for req in (*refused, zero_rows, unknown, bad_version, picked):
                 assert fastpath.native(m, req, Ctx()) is None, req
             assert fastpath.native(m, ok, Ctx(remaining=0.0)) is None  # the deadline passed
             token = REQUEST_TIMING.set(RequestTiming())  # a traced call: spans need the stages
@@ -214,38 +225,30 @@ def test_anything_unusual_goes_to_the_general_path_and_changes_nothing(tmp_path)
 
             # ... where the general path refuses them in its own words, as a server
             # that never saw an accepted request would.
-            fresh = await started(store, tmp_path / "fresh", max_predict_rows=100)
-            try:
-                for req in (nan, short, both, too_many, wide):
+            async with serving(iris_store, tmp_path / "fresh", max_predict_rows=100) as fresh:
+                for req in refused:
                     with pytest.raises(InvalidArgument) as seen:
                         await general_native(m, req)
                     with pytest.raises(InvalidArgument) as first:
                         await general_native(fresh, req)
                     assert seen.value.message == first.value.message
-            finally:
-                await fresh.close()
             with pytest.raises(NotFound):
                 await general_native(m, unknown)
-        finally:
-            await m.close()
 
     run(main())
 
 
-def test_a_lane_follows_alias_moves_deletions_and_unloads(tmp_path):
-    exp = sm.iris_logreg("iris")
-    store = MemoryStore()
-    store.publish("iris", exp.onnx, exp.meta)
-    store.publish("iris", exp.onnx, sm.with_version(exp, 2))
+def test_a_lane_follows_alias_moves_deletions_and_unloads(iris_store, tmp_path):
+    store = iris_store
+    store.publish("iris", IRIS.onnx, sm.with_version(IRIS, 2))
     store.set_alias("iris", "prod", 1)
     store.set_alias("iris", "stable", 1)  # keeps v1 loaded when prod moves
-    x = exp.X[:1].astype(np.float32)
+    x = IRIS.X[:1].astype(np.float32)
     by_alias = build_request("iris", x, alias="prod")
     v1 = build_request("iris", x, version=1)
 
     async def main():
-        m = await started(store, tmp_path)
-        try:
+        async with serving(store, tmp_path) as m:
             for req in (by_alias, v1):
                 await general_native(m, req)
                 assert fastpath.native(m, req, Ctx()).model_version == 1
@@ -273,8 +276,6 @@ def test_a_lane_follows_alias_moves_deletions_and_unloads(tmp_path):
             assert await m.unload_model("iris")
             assert fastpath.native(m, by_alias, Ctx()) is None  # not loaded: no lane
             assert not m.lanes
-        finally:
-            await m.close()
 
     run(main())
 
@@ -295,15 +296,11 @@ class SlowSession:
         return self._session.run(*args)
 
 
-def test_one_slow_run_through_the_lane_takes_the_version_off_the_loop(tmp_path):
-    exp = sm.iris_logreg("iris")
-    store = MemoryStore()
-    store.publish("iris", exp.onnx, exp.meta)
-    req = build_request("iris", exp.X[:1].astype(np.float32))
+def test_one_slow_run_through_the_lane_takes_the_version_off_the_loop(iris_store, tmp_path):
+    req = build_request("iris", IRIS.X[:1].astype(np.float32))
 
     async def main():
-        m = await started(store, tmp_path, inline_inference_us=20_000)
-        try:
+        async with serving(iris_store, tmp_path, inline_inference_us=20_000) as m:
             await general_native(m, req)
             assert fastpath.native(m, req, Ctx()) is not None
             lv = m._cache[("iris", 1)]
@@ -314,76 +311,58 @@ def test_one_slow_run_through_the_lane_takes_the_version_off_the_loop(tmp_path):
             assert slow.calls == 1
             assert lv.small_run_s >= 0.02
             assert fastpath.native(m, req, Ctx()) is None  # the thread pool's from now on
-        finally:
-            await m.close()
 
     run(main())
 
 
-def test_cpu_sessions_are_run_without_the_python_wrapper(tmp_path):
-    exp = sm.iris_logreg("iris")
-    store = MemoryStore()
-    store.publish("iris", exp.onnx, exp.meta)
-
+def test_cpu_sessions_are_run_without_the_python_wrapper(iris_store, tmp_path):
     async def main():
-        m = await started(store, tmp_path)
-        try:
+        async with serving(iris_store, tmp_path) as m:
             lv = m._cache[("iris", 1)]
             assert isinstance(lv.session, ort.InferenceSession)
             assert lv.session_run == lv.session._sess.run
-            x = exp.X[:3].astype(np.float32)
+            x = IRIS.X[:3].astype(np.float32)
             direct = lv.session_run(lv.all_outputs, {"input": x}, None)
             wrapped = lv.session.run(lv.all_outputs, {"input": x})
             for a, b in zip(direct, wrapped, strict=True):
                 np.testing.assert_array_equal(a, b)
-        finally:
-            await m.close()
 
     run(main())
 
 
-def test_lanes_kept_are_bounded(tmp_path):
-    exp = sm.iris_logreg("iris")
-    store = MemoryStore()
-    store.publish("iris", exp.onnx, exp.meta)
-
+def test_lanes_kept_are_bounded(iris_store, tmp_path):
     async def main():
-        m = await started(store, tmp_path)
-        try:
+        async with serving(iris_store, tmp_path) as m:
             # Callers choose the bytes of their references (unknown fields, repeats):
             # many spellings of one reference must not grow the map without bound.
             for i in range(fastlane.MAX_LANES * 3):
                 assert fastlane.open_lane(m, f"spelling-{i}", "iris", None, None) is not None
                 assert len(m.lanes) <= fastlane.MAX_LANES
-        finally:
-            await m.close()
 
     run(main())
 
 
 def test_the_lane_runs_a_larger_request_only_while_no_other_prediction_is_in_flight(tmp_path):
-    exp = sm.iris_logreg("iris")
     store = GatedStore()
-    store.publish("iris", exp.onnx, exp.meta)
-    big = build_request("iris", exp.X[:100].astype(np.float32))  # over INLINE_MAX_ROWS
+    store.publish("iris", IRIS.onnx, IRIS.meta)
+    big = build_request("iris", IRIS.X[:100].astype(np.float32))  # over INLINE_MAX_ROWS
+    gated = build_request("gated", IRIS.X[:1].astype(np.float32))
 
     async def main():
         # Small-run inlining off: only the idle rule puts a run on the loop.
-        m = await started(store, tmp_path, inline_inference_us=0, inline_when_idle_us=10_000_000)
-        try:
+        settings = {"inline_inference_us": 0, "inline_when_idle_us": 10_000_000}
+        async with serving(store, tmp_path, **settings) as m:
             await general_native(m, big)
             assert fastpath.native(m, big, Ctx()) is not None  # alone: the lane runs it
             store.gate.clear()
-            waiting = asyncio.get_running_loop().create_task(general_native(m, big_gated))
-            await asyncio.sleep(0.05)
-            assert not waiting.done()
-            assert fastpath.native(m, big, Ctx()) is None  # another in flight: general path
-            store.gate.set()
+            waiting = asyncio.get_running_loop().create_task(general_native(m, gated))
+            try:
+                await asyncio.sleep(0.05)
+                assert not waiting.done()
+                assert fastpath.native(m, big, Ctx()) is None  # another in flight: general
+            finally:
+                store.gate.set()
             with pytest.raises(NotFound):
                 await waiting
-        finally:
-            store.gate.set()
-            await m.close()
 
-    big_gated = build_request("gated", exp.X[:1].astype(np.float32))
     run(main())
