@@ -30,16 +30,10 @@ from typing import Any
 import numpy as np
 
 from highpeaks_ml.serving.manager import (
-    _INLINE_PROBATION,
-    _LARGE_ELEMENTS,
-    _MEASURE_EVERY,
-    INLINE_MAX_BATCH_ELEMENTS,
-    INLINE_MAX_ELEMENTS,
     INLINE_MAX_ROWS,
     REQUEST_TIMING,
     LoadedVersion,
     ModelManager,
-    _nudge,
 )
 
 _perf_counter = time.perf_counter
@@ -66,7 +60,6 @@ class Lane:
         "_cache",
         "_compute_bounds",
         "_key",
-        "_limit",
         "_local",
         "_manager",
         "_max_rows",
@@ -86,7 +79,6 @@ class Lane:
         #: general path adds to it the first time it accepts a signature.
         self.accepted = lv.plan._accepted
         self._max_rows = manager.settings.max_predict_rows
-        self._limit = lv._inline_limit_s
         self._cache = manager._cache
         self._manager = manager
         self._key = (lv.meta.model_name, lv.meta.version)
@@ -150,23 +142,9 @@ class Lane:
         if not 0 < rows <= self._max_rows or len(raw) != rows * seen.row_bytes:
             return None
         lv = self.lv
-        elements = rows * seen.row_elements
-        small = rows <= INLINE_MAX_ROWS
-        # LoadedVersion.inline_ok for this one numeric feed.
-        if small:
-            if (
-                lv.small_runs < _INLINE_PROBATION
-                or lv.small_run_s >= self._limit
-                or elements > INLINE_MAX_ELEMENTS
-            ):
-                return None
-        elif (rows * lv.row_cost_s >= self._limit or elements > INLINE_MAX_BATCH_ELEMENTS) and (
-            # ... or LoadedVersion.inline_when_idle_ok, with no other prediction in
-            # flight (a lane's never is: it does not await).
-            self._manager._predicting
-            or elements >= _LARGE_ELEMENTS
-            or rows * lv.row_cost_s >= lv._idle_limit_s
-        ):
+        # The general path's rule; no other prediction is in flight when the general
+        # path has none (a lane's never is: it does not await).
+        if not lv.runs_inline(rows, rows * seen.row_elements, not self._manager._predicting):
             return None
         arr = _frombuffer(raw, dtype=seen.sent).reshape(shape)
         if seen.target is not None:
@@ -176,7 +154,7 @@ class Lane:
             return None  # the general path says which value, and why
         feeds = {self.slot: arr}
         stats = lv.stats
-        cpu = _thread_time() if small else 0.0
+        cpu = _thread_time() if rows <= INLINE_MAX_ROWS else 0.0
         begun = _perf_counter()
         try:
             outs: list[np.ndarray] = lv.session_run(self._outputs, feeds, None)
@@ -186,14 +164,7 @@ class Lane:
             raise
         ended = _perf_counter()
         elapsed = ended - begun
-        # LoadedVersion.run's estimates (see there: the CPU time re-read one run in
-        # _MEASURE_EVERY, and for any run whose wall time reached the limit).
-        if small:
-            lv._small_seen += 1
-            if elapsed >= self._limit or not lv._small_seen % _MEASURE_EVERY:
-                lv._note_small_run(_thread_time() - cpu)
-        else:
-            lv.row_cost_s = _nudge(lv.row_cost_s, elapsed / rows)
+        lv.note_run(rows, elapsed, cpu)
         try:
             cells = self._local.cells
         except AttributeError:

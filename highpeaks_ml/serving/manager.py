@@ -222,8 +222,20 @@ class LoadedVersion:
         #: ``run`` directly (``_direct_run``).
         self.session_run = _direct_run(session, self.provider)
 
-    def inline_ok(self, feeds: dict[str, np.ndarray], rows: int) -> bool:
-        """Whether a run of ``feeds`` (``rows`` rows) is cheap enough for the event loop.
+    def inline_ok(self, feeds: dict[str, np.ndarray], rows: int, idle: bool = False) -> bool:
+        """Whether a run of ``feeds`` (``rows`` rows) may run on the event loop
+        (``runs_inline`` for these feeds: numeric only; ``idle``: no other prediction
+        is in flight)."""
+        if len(feeds) == 1:  # the common case, without the generators
+            (a,) = feeds.values()
+            return a.dtype.kind in "biuf" and self.runs_inline(rows, a.size, idle)
+        return all(a.dtype.kind in "biuf" for a in feeds.values()) and self.runs_inline(
+            rows, sum(a.size for a in feeds.values()), idle
+        )
+
+    def runs_inline(self, rows: int, elements: int, idle: bool) -> bool:
+        """Whether a run of numeric feeds of ``rows`` rows and ``elements`` elements in all
+        may run on the event loop: the one rule, for the general path and the lanes.
 
         A hop to the inference thread pool costs two thread wake-ups (~130-190
         µs on a small VM; docs/serving.md), often more than the run itself. A
@@ -233,40 +245,50 @@ class LoadedVersion:
         rows times the measured cost per row of larger runs is under it. A
         run ten times the limit pulls an estimate over it at once, so a
         version that turns slow goes back to the thread pool (``_nudge``).
+
+        With ``idle`` (no other prediction in flight), a larger run also
+        qualifies when its estimate is under the ``inline_when_idle_us``
+        setting: the pool trip cost a 1,000-row forest (~2.7 ms) 0.61-0.85x
+        the rows/s it answers on the loop on the 2-core development VM
+        (docs/serving.md), and with nothing else in flight nothing waits for
+        the loop but what arrives during the run, at most about the limit.
         """
         if rows <= INLINE_MAX_ROWS:
-            if self.small_runs < _INLINE_PROBATION or self.small_run_s >= self._inline_limit_s:
-                return False
-            most = INLINE_MAX_ELEMENTS
-        else:
-            # A larger run whose estimate is under the limit too (e.g. 1,000 rows of
-            # a linear model: ~50 µs of onnxruntime against a ~150 µs pool hop).
-            if rows * self.row_cost_s >= self._inline_limit_s:
-                return False
-            most = INLINE_MAX_BATCH_ELEMENTS
-        if len(feeds) == 1:  # the common case, without the generators
-            (a,) = feeds.values()
-            return a.size <= most and a.dtype.kind in "biuf"
-        return sum(a.size for a in feeds.values()) <= most and all(
-            a.dtype.kind in "biuf" for a in feeds.values()
-        )
+            return (
+                self.small_runs >= _INLINE_PROBATION
+                and self.small_run_s < self._inline_limit_s
+                and elements <= INLINE_MAX_ELEMENTS
+            )
+        # A larger run whose estimate is under the limit too (e.g. 1,000 rows of
+        # a linear model: ~50 µs of onnxruntime against a ~150 µs pool hop).
+        cost = rows * self.row_cost_s
+        if cost < self._inline_limit_s and elements <= INLINE_MAX_BATCH_ELEMENTS:
+            return True
+        return idle and cost < self._idle_limit_s and elements < _LARGE_ELEMENTS
 
-    def inline_when_idle_ok(self, feeds: dict[str, np.ndarray], rows: int) -> bool:
-        """Whether a run ``inline_ok`` refused may still run on the event loop when it
-        has nothing else to do: its estimate (rows times the measured cost per row
-        of larger runs) is under the ``inline_when_idle_us`` setting.
+    def note_run(self, rows: int, elapsed: float, cpu: float) -> None:
+        """Update the inline estimates after a run of ``rows`` rows that took ``elapsed``
+        seconds of wall time; ``cpu`` is the thread's CPU time read before a small run.
 
-        A trip to the thread pool costs a large run more than the two wake-ups:
-        a 1,000-row forest (~2.7 ms) answered 0.61-0.85x the rows/s it does on
-        the loop on the 2-core development VM (docs/serving.md). With no other
-        prediction in flight nothing waits for the loop but what arrives during
-        the run, which waits at most about the limit.
+        The thread's CPU time is a system call (~0.6 µs here): read again after
+        one small run in _MEASURE_EVERY, every run of the probation, and any run
+        whose wall time reached the limit (its CPU time may have too; a run under
+        it in wall time is under it in CPU time as well).
         """
-        return (
-            rows > INLINE_MAX_ROWS
-            and rows * self.row_cost_s < self._idle_limit_s
-            and all(a.dtype.kind in "biuf" for a in feeds.values())
-        )
+        if rows <= INLINE_MAX_ROWS:
+            self._small_seen += 1
+            if (
+                elapsed >= self._inline_limit_s
+                or self.small_runs < _INLINE_PROBATION
+                or not self._small_seen % _MEASURE_EVERY
+            ):
+                self._note_small_run(time.thread_time() - cpu)
+        else:
+            self.row_cost_s = (
+                elapsed / rows
+                if self.row_cost_s == float("inf")
+                else _nudge(self.row_cost_s, elapsed / rows)
+            )
 
     def _note_small_run(self, elapsed: float) -> None:
         self.small_run_s = elapsed if self.small_runs == 0 else _nudge(self.small_run_s, elapsed)
@@ -330,25 +352,8 @@ class LoadedVersion:
         elapsed = time.perf_counter() - started
         if timing is not None:
             timing.started, timing.ended = started, started + elapsed
+        self.note_run(rows, elapsed, cpu)
         series = self.series
-        if small:
-            # The thread's CPU time is a system call (~0.6 µs here): read again
-            # after one run in _MEASURE_EVERY, every run of the probation, and any
-            # run whose wall time reached the limit (its CPU time may have too; a
-            # run under it in wall time is under it in CPU time as well).
-            self._small_seen += 1
-            if (
-                elapsed >= self._inline_limit_s
-                or self.small_runs < _INLINE_PROBATION
-                or not self._small_seen % _MEASURE_EVERY
-            ):
-                self._note_small_run(time.thread_time() - cpu)
-        else:
-            self.row_cost_s = (
-                elapsed / rows
-                if self.row_cost_s == float("inf")
-                else _nudge(self.row_cost_s, elapsed / rows)
-            )
         series.batch_rows.observe(rows)
         series.compute.observe(elapsed)
         waited = None if queued_at is None else started - queued_at
@@ -447,7 +452,7 @@ class ModelManager:
         #: of the session cache (``_changed``): a lane never outlives what it resolved.
         self.lanes: dict[Any, Any] = {}
         #: Predictions of the general path in flight (the lanes' never await, so
-        #: they are never in flight while another runs): see inline_when_idle_ok.
+        #: they are never in flight while another runs): see LoadedVersion.runs_inline.
         self._predicting = 0
         workers = max(2, providers.usable_cores())
         self._infer = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
@@ -620,11 +625,9 @@ class ModelManager:
                 return plan.assemble(names, plan.empty_outputs(names), lv.provider, 0, as_names)
             if timing is not None:
                 timing.dispatched = time.perf_counter()
-            if lv.inline_ok(feeds, rows) or (
-                self._predicting == 1 and lv.inline_when_idle_ok(feeds, rows)
-            ):
-                # Cheaper than the hop to the thread pool (see inline_ok), or the
-                # only prediction in flight (inline_when_idle_ok).
+            if lv.inline_ok(feeds, rows, idle=self._predicting == 1):
+                # Cheaper than the hop to the thread pool, or the only prediction in
+                # flight (see LoadedVersion.runs_inline).
                 outs = lv.run(feeds, queued_at=time.perf_counter(), on_loop=True, timing=timing)
                 lv.series.inline_runs.inc()
                 if timing is not None:
