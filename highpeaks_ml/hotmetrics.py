@@ -146,32 +146,53 @@ class _Metric:
         raise NotImplementedError
 
 
-class _CounterChild:
-    __slots__ = ("_cells", "_local", "created")
+class _Child:
+    """One labelled series: a ``Cells`` of ``size`` numbers per thread."""
+
+    __slots__ = ("_cells", "_local")
+
+    def __init__(self, size: int) -> None:
+        self._cells = Cells(size)
+        #: ``_local.cell`` is this thread's cell once made: the recording methods
+        #: read it directly (``Cells.mine()`` inlined: they run several times per
+        #: prediction) and call ``mine()`` on AttributeError.
+        self._local = self._cells.local
+
+    def cell(self) -> list[float]:
+        """This thread's cell: for a recorder that writes several series in one Python
+        frame (serving/fastlane.py, api/interceptors.py); only this thread may write it."""
+        return self._cells.mine()
+
+
+class _ScalarChild(_Child):
+    """A series of one number (``[value]`` per thread)."""
+
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self._cells = Cells(1)
-        self._local = self._cells.local
+        super().__init__(1)
+
+    def get(self) -> float:
+        """The current value (every thread's cell added up)."""
+        return self._cells.total()[0]
+
+
+class _CounterChild(_ScalarChild):
+    __slots__ = ("created",)
+
+    def __init__(self) -> None:
+        super().__init__()
         self.created = time.time()
 
     def inc(self, amount: float = 1) -> None:
         """Add ``amount`` (>= 0)."""
         if amount < 0:
             raise ValueError("counters only go up")
-        try:  # Cells.mine() inlined: this runs several times per prediction
+        try:
             cell = self._local.cell
         except AttributeError:
             cell = self._cells.mine()
         cell[0] += amount
-
-    def cell(self) -> list[float]:
-        """This thread's cell, ``[total]``: for a recorder that writes several series in
-        one Python frame (serving/fastlane.py); only this thread may write it."""
-        return self._cells.mine()
-
-    def get(self) -> float:
-        """The current total."""
-        return self._cells.total()[0]
 
 
 class HotCounter(_Metric):
@@ -187,12 +208,8 @@ class HotCounter(_Metric):
         family.add_metric(labels, child.get(), created=child.created)
 
 
-class _GaugeChild:
-    __slots__ = ("_cells", "_local")
-
-    def __init__(self) -> None:
-        self._cells = Cells(1)
-        self._local = self._cells.local
+class _GaugeChild(_ScalarChild):
+    __slots__ = ()
 
     def inc(self, amount: float = 1) -> None:
         """Add ``amount``."""
@@ -204,19 +221,7 @@ class _GaugeChild:
 
     def dec(self, amount: float = 1) -> None:
         """Subtract ``amount`` (a thread's own cell may go negative; the sum does not)."""
-        try:
-            cell = self._local.cell
-        except AttributeError:
-            cell = self._cells.mine()
-        cell[0] -= amount
-
-    def cell(self) -> list[float]:
-        """This thread's cell, ``[value]`` (as ``_CounterChild.cell``)."""
-        return self._cells.mine()
-
-    def get(self) -> float:
-        """The current value."""
-        return self._cells.total()[0]
+        self.inc(-amount)
 
 
 class HotGauge(_Metric):
@@ -232,17 +237,16 @@ class HotGauge(_Metric):
         family.add_metric(labels, child.get())
 
 
-class _HistogramChild:
-    __slots__ = ("_bounds", "_cells", "_local", "_n", "bounds")
+class _HistogramChild(_Child):
+    __slots__ = ("_n", "bounds")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
+        # One count per bucket (non-cumulative: ``bisect_left(bounds, amount)``), then
+        # the sum of the observations.
+        super().__init__(len(bounds) + 1)
         #: The buckets' upper bounds, ``+Inf`` last.
         self.bounds = bounds
-        self._bounds = bounds
         self._n = len(bounds)
-        # One count per bucket (non-cumulative), then the sum of the observations.
-        self._cells = Cells(self._n + 1)
-        self._local = self._cells.local
 
     def observe(self, amount: float) -> None:
         """Record one observation."""
@@ -250,20 +254,15 @@ class _HistogramChild:
             cell = self._local.cell
         except AttributeError:
             cell = self._cells.mine()
-        cell[bisect_left(self._bounds, amount)] += 1
+        cell[bisect_left(self.bounds, amount)] += 1
         cell[self._n] += amount
-
-    def cell(self) -> list[float]:
-        """This thread's cell: one count per bucket (``bisect_left(bounds, amount)``, not
-        cumulative), then the sum. As ``_CounterChild.cell``: for one-frame recorders."""
-        return self._cells.mine()
 
     def buckets(self) -> tuple[list[tuple[str, float]], float]:
         """(cumulative ``(le, count)`` pairs, sum)."""
         total = self._cells.total()
         out = []
         running = 0.0
-        for bound, count in zip(self._bounds, total, strict=False):
+        for bound, count in zip(self.bounds, total, strict=False):
             running += count
             out.append((_le(bound), running))
         return out, total[self._n]

@@ -104,33 +104,24 @@ def served_array(arr: np.ndarray) -> tuple[ElementType, np.ndarray]:
     return et, arr
 
 
-def raw_proto_type(dtype: np.dtype[Any]) -> int | None:
-    """The native ``DataType`` of an array of ``dtype`` written raw as it is, or None
-    when ``write_tensor`` must normalise or encode it (strings, unusual types, and
-    every multi-byte type on a big-endian host)."""
+def raw_element_type(dtype: np.dtype[Any]) -> ElementType | None:
+    """The element type an array of ``dtype`` is written raw as, as it is, or None when
+    ``write_tensor``/``write_oip_output`` must normalise or encode it (strings,
+    unusual types, and every multi-byte type on a big-endian host)."""
     et = BY_NUMPY.get(dtype)
     if et is None or (_LE == ">" and dtype.byteorder != "|"):
         return None
-    return et.proto
+    return et
 
 
 def raw_tensor_fields(arr: np.ndarray) -> dict[str, Any] | None:
     """A native ``Tensor``'s fields for ``arr`` as raw bytes, as a dict to build the message
     with (one construction instead of three field writes: ~half the cost), or None
-    for what ``write_tensor`` must normalise or encode (strings, unusual types)."""
-    et = BY_NUMPY.get(arr.dtype)
-    if et is None or (_LE == ">" and arr.dtype.byteorder != "|"):
+    as for ``raw_element_type``."""
+    et = raw_element_type(arr.dtype)
+    if et is None:
         return None
     return {"data_type": et.proto, "shape": arr.shape, "raw_data": arr.tobytes()}
-
-
-def raw_oip_type(dtype: np.dtype[Any]) -> str | None:
-    """The Open Inference Protocol datatype of an array of ``dtype`` written raw as it
-    is, or None (as ``raw_proto_type``)."""
-    et = BY_NUMPY.get(dtype)
-    if et is None or (_LE == ">" and dtype.byteorder != "|"):
-        return None
-    return et.oip
 
 
 def encode_strings(values: Any) -> bytes:
@@ -231,8 +222,7 @@ __all__ = [
     "ElementType",
     "decode_strings",
     "encode_strings",
-    "raw_oip_type",
-    "raw_proto_type",
+    "raw_element_type",
     "raw_tensor_fields",
     "served_array",
     "tensor_to_numpy",

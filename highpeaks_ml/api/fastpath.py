@@ -23,7 +23,7 @@ from highpeaks_ml.api.oip_messages import ModelInferRequest, ModelInferResponse
 from highpeaks_ml.serving.fastlane import open_lane
 from highpeaks_ml.serving.inputs import served_output
 from highpeaks_ml.serving.manager import LoadedVersion, ModelManager
-from highpeaks_ml.tensors import BY_OIP, BY_PROTO, raw_oip_type, raw_proto_type
+from highpeaks_ml.tensors import BY_OIP, BY_PROTO, raw_element_type
 from highpeaks_ml.v1 import common_pb2, predict_pb2
 
 _TENSOR = common_pb2.Tensor.DESCRIPTOR.fields_by_name
@@ -111,10 +111,10 @@ class _NativeWriter:
         parts = []
         for kind, i in self._kinds:
             served = served_output(kind, outs[i])
-            code = raw_proto_type(served.dtype)
-            if code is None or served.dtype != outs[i].dtype:  # strings, casts: converters
+            et = raw_element_type(served.dtype)
+            if et is None or served.dtype != outs[i].dtype:  # strings, casts: converters
                 return ()
-            parts.append((kind, i, outs[i].dtype, code, kind != "probabilities"))
+            parts.append((kind, i, outs[i].dtype, et.proto, kind != "probabilities"))
         return tuple(parts)
 
     def write(self, outs: list[Any], request_id: str) -> predict_pb2.PredictResponse | None:
@@ -206,10 +206,10 @@ class _InferWriter:
     def _compile(self, outs: list[Any]) -> tuple[tuple[str, Any, str], ...]:
         parts = []
         for name, arr in zip(self._names, outs, strict=True):
-            datatype = raw_oip_type(arr.dtype)
-            if datatype is None:  # strings or an unusual type: the converters
+            et = raw_element_type(arr.dtype)
+            if et is None:  # strings or an unusual type: the converters
                 return ()
-            parts.append((name, arr.dtype, datatype))
+            parts.append((name, arr.dtype, et.oip))
         return tuple(parts)
 
     def write(self, outs: list[Any], request_id: str) -> Any | None:

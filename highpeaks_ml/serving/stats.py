@@ -79,6 +79,31 @@ class _Cell:
         self.counts = [0] * 9
         self.batches: dict[int, list[int]] = {}
 
+    def request(self, ok: bool, rows: int, ns: int) -> None:
+        """Count one request that finished after ``ns`` nanoseconds."""
+        counts = self.counts
+        if ok:
+            counts[_OK_N] += 1
+            counts[_OK_NS] += ns
+            counts[_ROWS] += rows
+        else:
+            counts[_FAIL_N] += 1
+            counts[_FAIL_NS] += ns
+
+    def execution(self, rows: int, ns: int, waited_ns: int | None) -> None:
+        """Count one run over ``rows`` rows (and its one request's queue wait, if given)."""
+        counts = self.counts
+        counts[_RUN_N] += 1
+        counts[_RUN_NS] += ns
+        if waited_ns is not None:
+            counts[_QUEUE_N] += 1
+            counts[_QUEUE_NS] += waited_ns
+        batch = self.batches.get(rows)
+        if batch is None:
+            batch = self.batches[rows] = [0, 0]
+        batch[0] += 1
+        batch[1] += ns
+
 
 class VersionStats:
     """Counters of one model version (see the module docstring).
@@ -97,33 +122,13 @@ class VersionStats:
 
     def record_request(self, ok: bool, rows: int, seconds: float) -> None:
         """One request finished (``ok`` or not) after ``seconds``, answering ``rows`` rows."""
-        counts = self._mine().counts
-        ns = int(seconds * 1e9) if seconds > 0 else 0
-        if ok:
-            counts[_OK_N] += 1
-            counts[_OK_NS] += ns
-            counts[_ROWS] += rows
-        else:
-            counts[_FAIL_N] += 1
-            counts[_FAIL_NS] += ns
+        self._mine().request(ok, rows, _ns(seconds))
         self._last_ms = int(time.time() * 1000)
 
     def record_execution(self, rows: int, seconds: float, waited: float | None = None) -> None:
         """One onnxruntime run over ``rows`` rows took ``seconds``; ``waited`` (when
         given) is the queue wait of its one request (as ``record_queue``)."""
-        ns = int(seconds * 1e9) if seconds > 0 else 0  # _ns, inlined: once per run
-        cell = self._mine()
-        counts = cell.counts
-        counts[_RUN_N] += 1
-        counts[_RUN_NS] += ns
-        if waited is not None:
-            counts[_QUEUE_N] += 1
-            counts[_QUEUE_NS] += int(waited * 1e9) if waited > 0 else 0
-        batch = cell.batches.get(rows)
-        if batch is None:
-            batch = cell.batches[rows] = [0, 0]
-        batch[0] += 1
-        batch[1] += ns
+        self._mine().execution(rows, _ns(seconds), None if waited is None else _ns(waited))
 
     def cell(self) -> _Cell:
         """This thread's cell (only this thread may write it; see ``record_inline``)."""
@@ -132,21 +137,10 @@ class VersionStats:
     def record_inline(self, rows: int, seconds: float, total: float, cell: _Cell) -> None:
         """One request answered by one run of its own, started at once (on the event
         loop): ``record_execution(rows, seconds, 0.0)`` and ``record_request(True, rows,
-        total)`` in one call, into this thread's ``cell`` (the caller keeps it: each
-        call and lookup is paid per prediction; serving/fastlane.py)."""
-        ns = int(seconds * 1e9) if seconds > 0 else 0
-        counts = cell.counts
-        counts[_RUN_N] += 1
-        counts[_RUN_NS] += ns
-        counts[_QUEUE_N] += 1
-        batch = cell.batches.get(rows)
-        if batch is None:
-            batch = cell.batches[rows] = [0, 0]
-        batch[0] += 1
-        batch[1] += ns
-        counts[_OK_N] += 1
-        counts[_OK_NS] += int(total * 1e9) if total > 0 else 0
-        counts[_ROWS] += rows
+        total)``, into this thread's ``cell`` (the caller keeps it: the lookup is paid
+        per prediction; serving/fastlane.py)."""
+        cell.execution(rows, _ns(seconds), 0)
+        cell.request(True, rows, _ns(total))
         self._last_ms = int(time.time() * 1000)
 
     def record_queue(self, seconds: float) -> None:
