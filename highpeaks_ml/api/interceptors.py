@@ -161,7 +161,7 @@ class _Method:
             return False
         if lifecycle.draining:
             raise errors.Unavailable("server is shutting down; retry on another replica")
-        lifecycle.active += 1  # Lifecycle.enter
+        lifecycle.enter()
         return True
 
     def finish(self, code: grpc.StatusCode, start: float, counted: bool) -> None:
@@ -203,8 +203,6 @@ def _wrap_unary_response(
 ) -> Callable[..., Awaitable[Any]]:
     m = _Method(method, owner)
     is_async = inspect.iscoroutinefunction(behavior)
-    unary_guard = guard == "unary"
-    stream_guard = guard == "stream"
 
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
         start = time.perf_counter()
@@ -213,11 +211,8 @@ def _wrap_unary_response(
         counted = False
         try:
             counted = m.admit()
-            if unary_guard:  # _malformed_checked, inline: once per call
-                if isinstance(request, Malformed):
-                    raise request.error()
-            elif stream_guard:
-                request = _checked(request)
+            if guard:
+                request = _malformed_checked(request, guard)
             if is_async:
                 result = await behavior(request, context)
             else:
@@ -269,7 +264,7 @@ def _wrap_stream_response(
     async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
         start = time.perf_counter()
         request_id = m.begin(context)
-        code = grpc.StatusCode.OK
+        code = _OK
         counted = False
         try:
             counted = m.admit()
@@ -358,15 +353,8 @@ def _malformed_checked(request: Any, guard: str) -> Any:
 def _guard(behavior: Callable[..., Any], streaming_request: bool) -> Callable[..., Any]:
     """``behavior`` of the same kind (coroutine or async generator) that raises
     InvalidArgument for a ``Malformed`` request instead of handing it over."""
-
-    def checked(request: Any, _context: aio.ServicerContext) -> Any:
-        if streaming_request:
-            return _checked(request)
-        if isinstance(request, Malformed):
-            raise request.error()
-        return request
-
-    return before(behavior, checked)
+    guard = "stream" if streaming_request else "unary"
+    return before(behavior, lambda request, _context: _malformed_checked(request, guard))
 
 
 class MalformedRequestInterceptor(LayerInterceptor):
