@@ -101,8 +101,8 @@ class _Method:
     """What the error mapping knows of one method, worked out once when its handler is built.
 
     ``begin`` and ``finish`` run for every RPC: they write the method's
-    series into this thread's cells directly (``_Series.cells``) and count
-    the drain's RPCs inline, one frame each (docs/serving.md).
+    series into this thread's cells directly (``_Series.cells``) instead of
+    a call per series (docs/serving.md).
     """
 
     __slots__ = (

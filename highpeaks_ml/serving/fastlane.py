@@ -51,8 +51,9 @@ class Lane:
 
     Made by ``open`` for a reference the view resolves to a loaded version
     with one input. ``run`` records what ``LoadedVersion.run`` and the
-    manager record for an inline run (the same series, statistics and
-    estimates), written directly into this thread's cells in one frame.
+    manager record for an inline run: the same five series (written directly
+    into this thread's cells), statistics and estimates (through the
+    version's own ``note_run`` and ``VersionStats.record_inline``).
     """
 
     __slots__ = (
